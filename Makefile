@@ -1,0 +1,58 @@
+# cio — `make demo` runs cio's main job, `make test` runs every check.
+# Both install what they need on a Debian 12 machine (run as root).
+
+SHELL := /bin/bash
+APT_PACKAGES := etcd-server etcd-client libnbd-bin nbdkit fio qemu-utils openssl e2fsprogs xfsprogs iproute2 util-linux
+# Commands that tell whether the apt packages above are present.
+APT_PROBES := etcd etcdctl nbdinfo nbdcopy nbdkit fio qemu-img openssl mkfs.ext4 mkfs.xfs ip fallocate
+NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
+
+.PHONY: all deps apt-deps npm-deps build native lint typecheck test test-unit test-integration demo bench clean
+
+all: build
+
+deps: apt-deps npm-deps
+
+apt-deps:
+	@missing=""; for c in $(APT_PROBES); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages (missing:$$missing)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+npm-deps:
+	@if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
+
+native: npm-deps
+	@if [ -f binding.gyp ] && { [ ! -f build/Release/fsext.node ] || [ -n "$$(find src/native binding.gyp -newer build/Release/fsext.node -print -quit)" ]; }; then \
+	  npx --no-install node-gyp rebuild; fi
+
+build: npm-deps native
+	npx tsc -p tsconfig.json
+
+lint: npm-deps
+	npx eslint src test
+
+typecheck: npm-deps
+	npx tsc -p tsconfig.json --noEmit
+
+# Unit tests: pure logic, no daemons. Integration tests: real etcd, agents,
+# NBD clients. End-to-end suites (Docker Swarm) are separate targets.
+test-unit: build
+	$(NODE_TEST) $$(find dist/test -name '*.test.js' -path '*/unit/*' | sort)
+
+test-integration: build
+	$(NODE_TEST) $$(find dist/test -name '*.test.js' -not -path '*/unit/*' -not -path '*/e2e/*' | sort)
+
+test: deps lint typecheck build
+	$(NODE_TEST) $$(find dist/test -name '*.test.js' -not -path '*/e2e/*' | sort)
+
+demo: deps build
+	./scripts/demo.sh
+
+bench: deps build
+	node dist/bench/run.js
+
+clean:
+	rm -rf dist build

@@ -1,0 +1,91 @@
+// ciod: one agent per node. It wires the parts together — membership,
+// controller candidacy, API — and takes them down in reverse order.
+import { readFile } from 'node:fs/promises';
+import type { Etcd3 } from 'etcd3';
+import { Controller } from '../controller/controller';
+import { isControllerGauge } from '../api/metrics';
+import { startApi } from '../api/server';
+import type { NodeRecord } from '../core/types';
+import { connectEtcd } from '../store/etcd';
+import { EventLog } from '../store/events';
+import { keys } from '../store/keys';
+import type { NodeIdentity } from '../store/nodes';
+import type { Logger } from '../util/log';
+import type { AgentConfig } from './config';
+import { measureDrives, prepareDrives } from './drives';
+import { Membership } from './membership';
+import { loadOrCreateNodeId } from './node-id';
+
+const VERSION = '0.1.0';
+
+export class Agent {
+  private etcd: Etcd3 | undefined;
+  private membership: Membership | undefined;
+  private controller: Controller | undefined;
+  private api: { close(): Promise<void> } | undefined;
+  private gaugeTimer: NodeJS.Timeout | undefined;
+  nodeId = '';
+
+  constructor(
+    private readonly config: AgentConfig,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<NodeRecord> {
+    const cfg = this.config;
+    this.nodeId = await loadOrCreateNodeId(cfg.dataDir);
+    await prepareDrives(cfg.drives);
+    const tls = { ca: cfg.tls.ca, cert: cfg.tls.cert, key: cfg.tls.key };
+    const etcd = connectEtcd({ endpoints: cfg.etcd.endpoints, tls });
+    this.etcd = etcd;
+    // The first agent of a cluster names it; later ones leave the record alone.
+    await etcd
+      .if(keys.cluster, 'Create', '==', 0)
+      .then(etcd.put(keys.cluster).value(JSON.stringify({ name: cfg.clusterName, createdAt: new Date().toISOString() })))
+      .commit();
+
+    const identity = async (): Promise<NodeIdentity> => ({
+      id: this.nodeId,
+      name: cfg.name,
+      ip: cfg.ip,
+      apiPort: cfg.apiPort,
+      replicaPort: cfg.replicaPort,
+      drives: await measureDrives(cfg.drives),
+      version: VERSION,
+    });
+    const membership = new Membership(etcd, { identity, leaseTtlSeconds: cfg.leaseTtlSeconds, logger: this.logger.child({ component: 'membership' }) });
+    this.membership = membership;
+    const record = await membership.start();
+
+    const events = new EventLog(etcd);
+    const self = (): NodeRecord => {
+      if (!membership.record) throw new Error('membership not started');
+      return membership.record;
+    };
+    this.controller = new Controller(etcd, {
+      self,
+      electionTtlSeconds: cfg.leaseTtlSeconds,
+      events,
+      logger: this.logger.child({ component: 'controller' }),
+    });
+    this.controller.start();
+    this.gaugeTimer = setInterval(() => isControllerGauge.set(this.controller?.isLeader ? 1 : 0), 1000);
+    this.gaugeTimer.unref();
+
+    const controller = this.controller;
+    this.api = await startApi(
+      { etcd, events, self, controllerId: () => controller.leaderId(), logger: this.logger },
+      { host: cfg.ip, port: cfg.apiPort, tls, token: (await readFile(cfg.tls.token, 'utf8')).trim() },
+    );
+    this.logger.info({ node: record.name, id: record.id, role: record.role, api: `https://${cfg.ip}:${cfg.apiPort}` }, 'agent started');
+    return record;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.gaugeTimer);
+    await this.api?.close().catch(() => undefined);
+    await this.controller?.stop();
+    await this.membership?.stop();
+    this.etcd?.close();
+  }
+}

@@ -1,0 +1,119 @@
+// The CLI's HTTPS client for the agent API. It tries each agent of the cluster
+// in turn, so a dead or frozen node does not make the CLI fail.
+import { readFileSync } from 'node:fs';
+import https from 'node:https';
+import type { IncomingMessage } from 'node:http';
+import { UserError } from '../util/errors';
+import type { ClientConfig } from './client-config';
+
+export class ApiError extends UserError {
+  constructor(message: string, readonly status: number) {
+    super(message, 'EAPI', status);
+  }
+}
+
+interface Credentials {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+}
+
+/** Failures where another agent may well answer. */
+function isUnreachable(err: NodeJS.ErrnoException): boolean {
+  return ['ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EADDRNOTAVAIL', 'EPIPE'].includes(err.code ?? '');
+}
+
+export class ApiClient {
+  private readonly creds: Credentials;
+
+  constructor(
+    private readonly config: ClientConfig,
+    private readonly timeoutMs = 4000,
+  ) {
+    try {
+      this.creds = { ca: readFileSync(config.ca), cert: readFileSync(config.cert), key: readFileSync(config.key) };
+    } catch (err) {
+      throw new UserError(`cannot read the client certificate files: ${(err as Error).message}`);
+    }
+  }
+
+  private open(endpoint: string, method: string, path: string, body?: unknown, stream = false): Promise<IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const url = new URL(path, endpoint);
+      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const req = https.request(
+        url,
+        {
+          method,
+          ...this.creds,
+          headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+          timeout: this.timeoutMs,
+        },
+        (res) => {
+          if (stream) req.setTimeout(0);
+          resolve(res);
+        },
+      );
+      req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
+  /** Send a request to the first agent that answers. */
+  private async openAny(method: string, path: string, body?: unknown, stream = false): Promise<IncomingMessage> {
+    const failures: string[] = [];
+    for (const endpoint of this.config.endpoints) {
+      try {
+        return await this.open(endpoint, method, path, body, stream);
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (!isUnreachable(e)) throw new UserError(`request to ${endpoint} failed: ${e.message}`);
+        failures.push(`${new URL(endpoint).host} (${e.code})`);
+      }
+    }
+    throw new UserError(`cannot reach cluster ${this.config.cluster}: no agent answered (${failures.join(', ')})`, 'EUNREACHABLE');
+  }
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.openAny(method, path, body);
+    const chunks: Buffer[] = [];
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      throw new ApiError(`the agent sent a reply that is not JSON (HTTP ${res.statusCode})`, res.statusCode ?? 500);
+    }
+    if ((res.statusCode ?? 500) >= 400) {
+      const message = (parsed as { error?: string } | undefined)?.error ?? `HTTP ${res.statusCode}`;
+      throw new ApiError(message, res.statusCode ?? 500);
+    }
+    return parsed as T;
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.request<T>('GET', path);
+  }
+
+  post<T>(path: string, body: unknown = {}): Promise<T> {
+    return this.request<T>('POST', path, body);
+  }
+
+  /** Read a newline-delimited JSON stream until the connection ends. */
+  async *stream<T>(path: string): AsyncGenerator<T> {
+    const res = await this.openAny('GET', path, undefined, true);
+    if ((res.statusCode ?? 500) >= 400) throw new ApiError(`the agent refused the stream (HTTP ${res.statusCode})`, res.statusCode ?? 500);
+    let pending = '';
+    for await (const chunk of res) {
+      pending += (chunk as Buffer).toString('utf8');
+      let nl: number;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl).trim();
+        pending = pending.slice(nl + 1);
+        if (line) yield JSON.parse(line) as T;
+      }
+    }
+  }
+}

@@ -1,0 +1,193 @@
+#!/usr/bin/env node
+// cio: the command line. Every command talks to the cluster through an agent's
+// API (found via the client config), except `cio cluster …`, which manages a
+// local cluster's processes directly.
+import '../util/quiet-warnings';
+import path from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import type { ClusterSummary } from '../core/cluster-summary';
+import { formatEvent } from '../core/event-format';
+import type { ClusterEvent } from '../core/types';
+import { UserError, errorMessage } from '../util/errors';
+import { ApiClient } from './api-client';
+import { cioHome, loadClientConfig, saveClientConfig } from './client-config';
+import { clusterDetail, nodeDetail, nodeTable, type NodeView } from './views';
+import {
+  API_PORT,
+  clusterDown,
+  clusterNodeAction,
+  clusterProcesses,
+  clusterUp,
+  type NodeAction,
+} from '../cluster/launcher';
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number of at least 1');
+  return n;
+}
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+function print(text: string): void {
+  process.stdout.write(`${text}\n`);
+}
+
+function printJson(value: unknown): void {
+  print(JSON.stringify(value, null, 2));
+}
+
+async function api(): Promise<ApiClient> {
+  return new ApiClient(await loadClientConfig());
+}
+
+function defaultClusterDir(): string {
+  return path.join(cioHome(), 'cluster');
+}
+
+export function buildProgram(): Command {
+  const program = new Command('cio')
+    .description('cio: highly available replicated volumes for stateful containers')
+    .version('0.1.0')
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(`cio: ${str.replace(/^error: /, '')}`) });
+
+  // ---- nodes
+  const node = program.command('node').description('nodes of the cluster');
+  node
+    .command('ls')
+    .description('list the nodes')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const nodes = await (await api()).get<NodeView[]>('/v1/nodes');
+      if (o.json) printJson(nodes);
+      else print(nodeTable(nodes));
+    });
+  node
+    .command('info <name>')
+    .description('show one node (by name or NODE_ID)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const n = await (await api()).get<NodeView>(`/v1/nodes/${encodeURIComponent(name)}`);
+      if (o.json) printJson(n);
+      else print(nodeDetail(n));
+    });
+  for (const action of ['cordon', 'uncordon'] as const) {
+    node
+      .command(`${action} <name>`)
+      .description(action === 'cordon' ? 'place no new replicas on a node' : 'allow new replicas on a node again')
+      .action(async (name: string) => {
+        const n = await (await api()).post<NodeView>(`/v1/nodes/${encodeURIComponent(name)}/${action}`);
+        print(`node ${n.name} (${n.id}) ${action === 'cordon' ? 'cordoned: it gets no new replicas' : 'uncordoned'}`);
+      });
+  }
+
+  // ---- cluster summary
+  program
+    .command('info')
+    .description('cluster summary: nodes, capacity, condition')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const summary = await (await api()).get<ClusterSummary>('/v1/info');
+      if (o.json) printJson(summary);
+      else print(clusterDetail(summary));
+    });
+
+  // ---- events
+  program
+    .command('events')
+    .description('the cluster event log')
+    .option('-n, --lines <n>', 'how many of the latest events', positiveInt, 50)
+    .option('-f, --follow', 'keep printing new events')
+    .option('--json', 'print JSON (one event per line with --follow)')
+    .action(async (o: { lines: number; follow?: boolean; json?: boolean }) => {
+      const client = await api();
+      const events = await client.get<ClusterEvent[]>(`/v1/events?n=${o.lines}`);
+      const show = (e: ClusterEvent): void => print(o.json ? JSON.stringify(e) : formatEvent(e));
+      if (o.json && !o.follow) printJson(events);
+      else events.forEach(show);
+      if (!o.follow) return;
+      for await (const e of client.stream<ClusterEvent>('/v1/events/follow')) show(e);
+      throw new UserError('the agent closed the event stream');
+    });
+
+  // ---- local cluster
+  const cluster = program.command('cluster').description('a local cluster on this machine (for trying cio and for tests)');
+  cluster
+    .command('up')
+    .description('start etcd and N agents on loopback addresses')
+    .option('--nodes <n>', 'number of nodes', positiveInt, 4)
+    .option('--dir <dir>', 'where the cluster keeps its files', defaultClusterDir())
+    .option('--name <name>', 'cluster name', 'cio')
+    .option('--ip-prefix <prefix>', 'loopback prefix; etcd gets .10, nodes .11 …', '127.0.0.')
+    .option('--lease-ttl <seconds>', 'node lease TTL', positiveInt, 5)
+    .option('--drive <type:capacity>', 'a drive on every node (repeatable)', collect)
+    .option('--log-level <level>', 'agent log level', 'info')
+    .option('--quiet', 'do not print progress')
+    .action(async (o: { nodes: number; dir: string; name: string; ipPrefix: string; leaseTtl: number; drive?: string[]; logLevel: string; quiet?: boolean }) => {
+      const drives = o.drive ?? ['ssd:100GB'];
+      const progress = (line: string): void => {
+        if (!o.quiet) process.stderr.write(`${line}\n`);
+      };
+      const state = await clusterUp({ dir: o.dir, nodes: o.nodes, name: o.name, ipPrefix: o.ipPrefix, leaseTtlSeconds: o.leaseTtl, drives, logLevel: o.logLevel, progress });
+      const file = await saveClientConfig({
+        cluster: state.name,
+        endpoints: state.nodes.map((n) => `https://${n.ip}:${API_PORT}`),
+        ...state.cli,
+      });
+      progress(`cluster ${state.name} is up; client config written to ${file}`);
+      const nodes = await (await api()).get<NodeView[]>('/v1/nodes');
+      print(nodeTable(nodes));
+    });
+  cluster
+    .command('down')
+    .description('stop everything the local cluster started')
+    .option('--dir <dir>', 'the cluster directory', defaultClusterDir())
+    .option('--wipe', 'also delete the cluster directory (all data)')
+    .action(async (o: { dir: string; wipe?: boolean }) => {
+      const res = await clusterDown({ dir: o.dir, wipe: o.wipe ?? false });
+      print(`stopped: ${res.stopped.join(', ') || 'nothing was running'}${res.wiped ? `; removed ${path.resolve(o.dir)}` : ''}`);
+    });
+  cluster
+    .command('ps')
+    .description('the local cluster processes')
+    .option('--dir <dir>', 'the cluster directory', defaultClusterDir())
+    .action(async (o: { dir: string }) => {
+      for (const p of await clusterProcesses(o.dir)) print(`${p.name.padEnd(8)}${String(p.pid ?? '-').padEnd(10)}${p.state}`);
+    });
+  const nodeActions: Array<[NodeAction, string]> = [
+    ['kill', 'SIGKILL a node, as a power loss'],
+    ['pause', 'SIGSTOP a node (it freezes, its lease runs out)'],
+    ['resume', 'SIGCONT a paused node'],
+    ['start', 'start a stopped or killed node again (same id and data)'],
+    ['stop', 'stop a node gracefully'],
+  ];
+  for (const [action, description] of nodeActions) {
+    cluster
+      .command(`${action} <node>`)
+      .description(description)
+      .option('--dir <dir>', 'the cluster directory', defaultClusterDir())
+      .action(async (nodeName: string, o: { dir: string }) => print(await clusterNodeAction(o.dir, nodeName, action)));
+  }
+  return program;
+}
+
+async function main(): Promise<void> {
+  await buildProgram().parseAsync(process.argv);
+}
+
+main().catch((err: unknown) => {
+  const code = (err as { code?: string }).code;
+  if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') process.exit(0);
+  // commander has already printed its one line.
+  if (typeof code === 'string' && code.startsWith('commander.')) process.exit(2);
+  if (!(err instanceof UserError)) {
+    process.stderr.write(`cio: internal error: ${errorMessage(err)}\n`);
+    if (process.env.CIO_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+    process.exit(70);
+  }
+  process.stderr.write(`cio: ${err.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,78 @@
+// The cluster model shared by every part of cio. Plain data only: these
+// records are what is stored in etcd and sent over the API.
+
+export const DRIVE_TYPES = ['SSD', 'HDD', 'NVME'] as const;
+export type DriveType = (typeof DRIVE_TYPES)[number];
+
+export const NODE_ROLES = ['sds', 'backup1', 'backup2', 'standard'] as const;
+export type NodeRole = (typeof NODE_ROLES)[number];
+
+/** normal: alive and schedulable; maintenance: lease expired (failed or rebooting). */
+export const NODE_STATUSES = ['normal', 'maintenance', 'cordoned', 'leaving'] as const;
+export type NodeStatus = (typeof NODE_STATUSES)[number];
+
+export interface DriveRecord {
+  /** Stable id of the drive within its node, e.g. "d1". */
+  id: string;
+  path: string;
+  type: DriveType;
+  capacityBytes: number;
+  /** Bytes really allocated by replicas on this drive (sparse files count what is written). */
+  usedBytes: number;
+}
+
+/** The persistent record of a node, kept in etcd without a lease. */
+export interface NodeRecord {
+  id: string;
+  name: string;
+  ip: string;
+  apiPort: number;
+  replicaPort: number;
+  role: NodeRole;
+  /** Written by the controller only: the status users see. */
+  status: NodeStatus;
+  /** Set by `cio node cordon`; a cordoned node gets no new replicas. */
+  cordoned: boolean;
+  drives: DriveRecord[];
+  registeredAt: string;
+  /** When the status last changed (ISO time). */
+  statusSince: string;
+  version: string;
+}
+
+/** What an agent publishes under its lease while it is alive. */
+export interface NodeLiveness {
+  id: string;
+  pid: number;
+  startedAt: string;
+}
+
+export const EVENT_LEVELS = ['info', 'warn', 'error'] as const;
+export type EventLevel = (typeof EVENT_LEVELS)[number];
+
+export interface ClusterEvent {
+  /** Sortable key suffix, unique across the cluster. */
+  id: string;
+  time: string;
+  level: EventLevel;
+  /** e.g. "DFS"; empty for messages printed without a component. */
+  component: string;
+  message: string;
+  code: number;
+}
+
+/** Event codes, as in the seed's event log. */
+export const EventCode = {
+  volumeRebuilding: 1003,
+  volumeCreatedOnNode: 1009,
+  volumeRemovedOnNode: 1011,
+  nodeNotResponding: 1018,
+  nodeFailoverCompleted: 1019,
+  rebuildCompleted: 1020,
+  localityRebuildCompleted: 1021,
+  nodeBackToNormal: 1022,
+  nodeCordoned: 1023,
+  nodeUncordoned: 1024,
+  nodeJoined: 1025,
+  controllerElected: 1026,
+} as const;
