@@ -26,13 +26,13 @@ npm-deps:
 
 native: npm-deps
 	@if [ -f binding.gyp ] && { [ ! -f build/Release/fsext.node ] || [ -n "$$(find src/native binding.gyp -newer build/Release/fsext.node -print -quit)" ]; }; then \
-	  npx --no-install node-gyp rebuild; fi
+	  npm run native; fi
 
 build: npm-deps native
 	npx tsc -p tsconfig.json
 
 lint: npm-deps
-	npx eslint src test
+	npx eslint src test bench
 
 typecheck: npm-deps
 	npx tsc -p tsconfig.json --noEmit

@@ -14,6 +14,12 @@ import type { Logger } from '../util/log';
 import type { AgentConfig } from './config';
 import { measureDrives, prepareDrives } from './drives';
 import { Membership } from './membership';
+import { ReplicaServer } from '../replica/server';
+import { ReplicaStore } from '../replica/store';
+import { VolumeHost } from '../volumes/host';
+import { sweepOrphans } from '../volumes/sweep';
+import { PeerClient } from '../api/peer';
+import path from 'node:path';
 import { loadOrCreateNodeId } from './node-id';
 
 const VERSION = '0.1.0';
@@ -24,6 +30,10 @@ export class Agent {
   private controller: Controller | undefined;
   private api: { close(): Promise<void> } | undefined;
   private gaugeTimer: NodeJS.Timeout | undefined;
+  private replicaServer: ReplicaServer | undefined;
+  private stores = new Map<string, ReplicaStore>();
+  private host: VolumeHost | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
   nodeId = '';
 
   constructor(
@@ -43,6 +53,13 @@ export class Agent {
       .if(keys.cluster, 'Create', '==', 0)
       .then(etcd.put(keys.cluster).value(JSON.stringify({ name: cfg.clusterName, createdAt: new Date().toISOString() })))
       .commit();
+
+    // Serve this node's copies before joining, so a node that looks alive can serve.
+    const secret = Buffer.from((await readFile(cfg.tls.replicaSecret, 'utf8')).trim());
+    for (const d of cfg.drives) this.stores.set(d.id ?? 'd1', new ReplicaStore(d.path));
+    this.replicaServer = new ReplicaServer({ host: cfg.ip, port: cfg.replicaPort, secret, stores: this.stores, logger: this.logger.child({ component: 'replica' }) });
+    await this.replicaServer.listen();
+    const links = { secret, connectTimeoutMs: 3000 };
 
     const identity = async (): Promise<NodeIdentity> => ({
       id: this.nodeId,
@@ -65,6 +82,7 @@ export class Agent {
     this.controller = new Controller(etcd, {
       self,
       electionTtlSeconds: cfg.leaseTtlSeconds,
+      rebuildGraceMs: cfg.rebuildGraceSeconds * 1000,
       events,
       logger: this.logger.child({ component: 'controller' }),
     });
@@ -73,17 +91,49 @@ export class Agent {
     this.gaugeTimer.unref();
 
     const controller = this.controller;
+    const host = new VolumeHost({
+      etcd,
+      events,
+      self,
+      links,
+      socketDir: path.join(cfg.dataDir, 'nbd'),
+      replicaTimeoutMs: cfg.replicaTimeoutMs,
+      logger: this.logger.child({ component: 'volumes' }),
+    });
+    this.host = host;
+    const lifecycle = { etcd, events, links, logger: this.logger.child({ component: 'volumes' }) };
     this.api = await startApi(
-      { etcd, events, self, controllerId: () => controller.leaderId(), logger: this.logger },
+      {
+        etcd,
+        events,
+        self,
+        controllerId: () => controller.leaderId(),
+        logger: this.logger,
+        volumes: { etcd, self, lifecycle, host, peers: new PeerClient(tls) },
+      },
       { host: cfg.ip, port: cfg.apiPort, tls, token: (await readFile(cfg.tls.token, 'utf8')).trim() },
     );
+    await host.watch();
+    await host.resumeOwned();
+    const sweep = (): void => {
+      sweepOrphans(etcd, this.stores, this.nodeId, this.logger.child({ component: 'sweep' })).catch((err: Error) =>
+        this.logger.warn({ err: err.message }, 'orphan sweep failed'),
+      );
+    };
+    sweep();
+    this.sweepTimer = setInterval(sweep, 60_000);
+    this.sweepTimer.unref();
     this.logger.info({ node: record.name, id: record.id, role: record.role, api: `https://${cfg.ip}:${cfg.apiPort}` }, 'agent started');
     return record;
   }
 
   async stop(): Promise<void> {
     clearInterval(this.gaugeTimer);
+    clearInterval(this.sweepTimer);
     await this.api?.close().catch(() => undefined);
+    await this.host?.stop().catch(() => undefined);
+    await this.replicaServer?.close().catch(() => undefined);
+    for (const s of this.stores.values()) await s.close().catch(() => undefined);
     await this.controller?.stop();
     await this.membership?.stop();
     this.etcd?.close();

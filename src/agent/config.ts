@@ -37,6 +37,10 @@ export const agentConfigSchema = z.object({
   tls: z.object({ ca: z.string(), cert: z.string(), key: z.string(), token: z.string(), replicaSecret: z.string() }),
   drives: z.array(driveSchema).min(1, 'drives: at least one drive is needed'),
   leaseTtlSeconds: z.number().int().min(2).max(600).default(5),
+  /** A copy that does not answer a request within this time is marked stale. */
+  replicaTimeoutMs: z.number().int().min(100).max(600_000).default(5000),
+  /** Copies on a failed node are replaced after this long (a node back sooner is resynced instead). */
+  rebuildGraceSeconds: z.number().int().min(0).max(86_400).default(30),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
 

@@ -1,7 +1,7 @@
 // The agent's HTTPS API, used by the CLI (and later the dashboard). Every route
 // is authenticated (auth.ts); errors are JSON `{ error: "one sentence" }`.
 import { readFileSync } from 'node:fs';
-import Fastify from 'fastify';
+import Fastify, { type FastifyBaseLogger } from 'fastify';
 import type { Etcd3 } from 'etcd3';
 import { summarizeCluster } from '../core/cluster-summary';
 import type { NodeRecord } from '../core/types';
@@ -14,6 +14,7 @@ import { NotFoundError, UserError } from '../util/errors';
 import type { Logger } from '../util/log';
 import { authenticate } from './auth';
 import { metricsRegistry } from './metrics';
+import { registerVolumeRoutes, type VolumeRouteContext } from './volume-routes';
 
 export interface ApiContext {
   etcd: Etcd3;
@@ -21,6 +22,7 @@ export interface ApiContext {
   self: () => NodeRecord;
   controllerId: () => Promise<string | undefined>;
   logger: Logger;
+  volumes: VolumeRouteContext;
 }
 
 export interface ApiOptions {
@@ -34,7 +36,7 @@ const MAX_EVENTS = 10_000;
 
 export async function startApi(ctx: ApiContext, opts: ApiOptions): Promise<{ close(): Promise<void> }> {
   const app = Fastify({
-    loggerInstance: ctx.logger.child({ component: 'api' }),
+    loggerInstance: ctx.logger.child({ component: 'api' }) as FastifyBaseLogger,
     disableRequestLogging: true,
     https: {
       ca: readFileSync(opts.tls.ca),
@@ -101,6 +103,8 @@ export async function startApi(ctx: ApiContext, opts: ApiOptions): Promise<{ clo
     req.raw.on('close', () => void watcher.cancel());
     return reply.hijack();
   });
+
+  registerVolumeRoutes(app, ctx.volumes);
 
   app.get('/metrics', async (_req, reply) => {
     return reply.type(metricsRegistry.contentType).send(await metricsRegistry.metrics());

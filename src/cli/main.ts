@@ -9,9 +9,13 @@ import type { ClusterSummary } from '../core/cluster-summary';
 import { formatEvent } from '../core/event-format';
 import type { ClusterEvent } from '../core/types';
 import { UserError, errorMessage } from '../util/errors';
+import { formatSize } from '../core/units';
 import { ApiClient } from './api-client';
 import { cioHome, loadClientConfig, saveClientConfig } from './client-config';
-import { clusterDetail, nodeDetail, nodeTable, type NodeView } from './views';
+import { readFile } from 'node:fs/promises';
+import type { Profile } from '../core/profiles';
+import type { VolumeRecord } from '../core/types';
+import { clusterDetail, nodeDetail, nodeTable, profileDetail, profileTable, volumeDetail, volumeTable, type NodeView, type VolumeView } from './views';
 import {
   API_PORT,
   clusterDown,
@@ -83,6 +87,124 @@ export function buildProgram(): Command {
         print(`node ${n.name} (${n.id}) ${action === 'cordon' ? 'cordoned: it gets no new replicas' : 'uncordoned'}`);
       });
   }
+
+  // ---- volumes
+  const volume = program.command('volume').description('replicated volumes');
+  volume
+    .command('create <name>')
+    .description('create a volume (options override the profile)')
+    .option('--capacity <size>', 'size, in GB unless a unit is given (e.g. 20, 512MB)')
+    .option('--level <n>', 'copies: 1, 2 or 3')
+    .option('--type <type>', 'drive type: ssd, hdd or nvme')
+    .option('--provision <p>', 'thin or thick')
+    .option('--filesystem <fs>', 'ext4 or xfs')
+    .option('--iopsmin <n>', 'minimum IOPS (kept for QoS)')
+    .option('--iopsmax <n>', 'maximum IOPS (kept for QoS)')
+    .option('--profile <name>', 'profile giving the defaults')
+    .option('--node <node>', 'put a copy on this node')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: Record<string, string | boolean | undefined>) => {
+      const options: Record<string, string> = {};
+      for (const key of ['capacity', 'level', 'type', 'provision', 'filesystem', 'iopsmin', 'iopsmax']) {
+        if (typeof o[key] === 'string') options[key] = o[key] as string;
+      }
+      const v = await (await api()).post<VolumeRecord>('/v1/volumes', { name, options, profile: o.profile, node: o.node });
+      if (o.json) printJson(v);
+      else print(`volume ${v.name} (${v.vdisk}, uuid ${v.uuid}) created: ${v.level}-copy, ${v.driveType}, ${v.provision}, ${v.filesystem}`);
+    });
+  volume
+    .command('ls')
+    .description('list the volumes')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const client = await api();
+      const [volumes, nodes] = await Promise.all([client.get<VolumeRecord[]>('/v1/volumes'), client.get<NodeView[]>('/v1/nodes')]);
+      if (o.json) printJson(volumes);
+      else print(volumeTable(volumes, nodes));
+    });
+  volume
+    .command('info <name>')
+    .description('one volume: owner, NBD URI, epoch, copies and their states')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const v = await (await api()).get<VolumeView>(`/v1/volumes/${encodeURIComponent(name)}`);
+      if (o.json) printJson(v);
+      else print(volumeDetail(v));
+    });
+  volume
+    .command('rm <name>')
+    .description('remove a volume and its copies (refused while attached)')
+    .action(async (name: string) => {
+      await (await api()).request('DELETE', `/v1/volumes/${encodeURIComponent(name)}`);
+      print(`volume ${name} removed`);
+    });
+  volume
+    .command('update <name>')
+    .description('grow a volume')
+    .requiredOption('--capacity <size>', 'new size, in GB unless a unit is given')
+    .action(async (name: string, o: { capacity: string }) => {
+      const v = await (await api()).request<VolumeRecord>('PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { capacity: o.capacity });
+      print(`volume ${v.name} is now ${formatSize(v.sizeBytes)}`);
+    });
+  volume
+    .command('attach <name>')
+    .description('make a node the owner and export the volume over NBD there')
+    .option('--node <node>', 'the node (default: the agent that answers)')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { node?: string; json?: boolean }) => {
+      const v = await (await api()).post<VolumeRecord>(`/v1/volumes/${encodeURIComponent(name)}/attach`, { node: o.node });
+      if (o.json) printJson(v);
+      else print(`volume ${v.name} attached (epoch ${v.epoch}): ${v.attachment?.uri ?? ''}`);
+    });
+  volume
+    .command('detach <name>')
+    .description('stop serving the volume and release ownership')
+    .action(async (name: string) => {
+      await (await api()).post(`/v1/volumes/${encodeURIComponent(name)}/detach`);
+      print(`volume ${name} detached`);
+    });
+
+  // ---- profiles
+  const profile = program.command('profile').description('volume profiles (YAML)');
+  profile
+    .command('create <file>')
+    .description('add a profile from a YAML file')
+    .option('--replace', 'replace a profile of the same name')
+    .action(async (file: string, o: { replace?: boolean }) => {
+      let yaml: string;
+      try {
+        yaml = await readFile(file, 'utf8');
+      } catch (err) {
+        throw new UserError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+      const p = await (await api()).post<Profile>('/v1/profiles', { yaml, source: file, replace: o.replace === true });
+      print(`profile ${p.name} ${o.replace ? 'saved' : 'created'}`);
+    });
+  profile
+    .command('ls')
+    .description('list profiles')
+    .option('--json', 'print JSON')
+    .action(async (o: { json?: boolean }) => {
+      const ps = await (await api()).get<Profile[]>('/v1/profiles');
+      if (o.json) printJson(ps);
+      else print(profileTable(ps));
+    });
+  profile
+    .command('info <name>')
+    .description('show a profile as YAML')
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: { json?: boolean }) => {
+      const p = await (await api()).get<Profile>(`/v1/profiles/${encodeURIComponent(name)}`);
+      if (o.json) printJson(p);
+      else print(profileDetail(p));
+    });
+  profile
+    .command('rm <name>')
+    .description('remove a user profile')
+    .action(async (name: string) => {
+      await (await api()).request('DELETE', `/v1/profiles/${encodeURIComponent(name)}`);
+      print(`profile ${name.toUpperCase()} removed`);
+    });
 
   // ---- cluster summary
   program

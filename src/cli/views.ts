@@ -2,7 +2,9 @@
 // detail views of `info` commands.
 import { formatSize } from '../core/units';
 import type { ClusterSummary } from '../core/cluster-summary';
-import type { NodeRecord } from '../core/types';
+import YAML from 'yaml';
+import type { Profile } from '../core/profiles';
+import type { NodeRecord, VolumeRecord } from '../core/types';
 import { renderTable, type Column } from './table';
 
 export type NodeView = NodeRecord & { controller?: boolean };
@@ -61,4 +63,77 @@ export function clusterDetail(s: ClusterSummary): string {
     ['Nodes', `${s.nodes.total} (normal ${s.nodes.normal}, maintenance ${s.nodes.maintenance}, cordoned ${s.nodes.cordoned})`],
     ['Capacity', `${formatSize(c.totalBytes)} total, ${formatSize(c.usedBytes)} used (${pct}%), ${formatSize(c.freeBytes)} free`],
   ]);
+}
+
+// ---- volumes
+
+export type VolumeView = VolumeRecord & {
+  ownerName?: string | null;
+  replicas: Array<VolumeRecord['replicas'][number] & { nodeName?: string; allocatedBytes?: number | null }>;
+};
+
+/** `cio volume ls` shows where each volume is attached; NODENAME is "-" for a volume attached nowhere. */
+export function volumeTable(volumes: readonly VolumeRecord[], nodes: readonly NodeRecord[]): string {
+  const nameOf = (id: string | null): string => (id ? (nodes.find((n) => n.id === id)?.name ?? id) : '-');
+  const columns: Column<VolumeRecord>[] = [
+    { header: 'NODENAME', width: 21, value: (v) => nameOf(v.owner) },
+    { header: 'VDISK', width: 10, value: (v) => v.vdisk },
+    { header: 'DRIVE', width: 6, value: (v) => v.driveType },
+    { header: 'TYPE', width: 22, value: (v) => `${v.level}-copy` },
+    { header: 'SIZE', width: 6, align: 'right', value: (v) => formatSize(v.sizeBytes) },
+    { header: '', width: 2, value: () => '' },
+    { header: 'UUID', width: 10, value: (v) => v.uuid },
+    { header: 'VOLUMENAME', width: 0, value: (v) => v.name },
+  ];
+  return renderTable(columns, volumes);
+}
+
+export function volumeDetail(v: VolumeView): string {
+  const head = kv([
+    ['Name', v.name],
+    ['VDisk', v.vdisk],
+    ['UUID', v.uuid],
+    ['Size', formatSize(v.sizeBytes)],
+    ['Copies', `${v.level}-copy on ${v.driveType}`],
+    ['Provisioning', v.provision],
+    ['Filesystem', v.filesystem],
+    ['Profile', v.profile ?? '-'],
+    ['IOPS', v.iopsMin !== undefined || v.iopsMax !== undefined ? `min ${v.iopsMin ?? '-'}, max ${v.iopsMax ?? '-'}` : '-'],
+    ['Phase', v.phase],
+    ['Owner', v.owner ? `${v.ownerName ?? v.owner} (${v.owner})` : '- (not attached)'],
+    ['NBD URI', v.attachment?.uri ?? '-'],
+    ['Epoch', String(v.epoch)],
+    ['Created', v.createdAt],
+  ]);
+  const replicas = renderTable(
+    [
+      { header: 'REPLICA', width: 17, value: (r: VolumeView['replicas'][number]) => r.id },
+      { header: 'NODE', width: 10, value: (r) => r.nodeName ?? r.nodeId },
+      { header: 'NODE_ID', width: 10, value: (r) => r.nodeId },
+      { header: 'DRIVE', width: 7, value: (r) => r.driveId },
+      { header: 'STATE', width: 12, value: (r) => r.state },
+      { header: 'ALLOCATED', width: 0, value: (r) => (r.allocatedBytes === null || r.allocatedBytes === undefined ? '?' : formatSize(r.allocatedBytes)) },
+    ],
+    v.replicas,
+  );
+  return `${head}\nReplicas:\n${replicas}`;
+}
+
+export function profileTable(profiles: readonly Profile[]): string {
+  return renderTable(
+    [
+      { header: 'PROFILE', width: 12, value: (p: Profile) => p.name },
+      { header: 'CAPACITY', width: 10, value: (p) => String(p.options.capacity ?? '-') },
+      { header: 'LEVEL', width: 7, value: (p) => String(p.options.level ?? '-') },
+      { header: 'TYPE', width: 6, value: (p) => String(p.options.type ?? '-').toUpperCase() },
+      { header: 'PROVISION', width: 11, value: (p) => String(p.options.provision ?? '-') },
+      { header: 'FS', width: 6, value: (p) => String(p.options.filesystem ?? '-') },
+      { header: 'SOURCE', width: 0, value: (p) => (p.builtin ? 'built-in' : 'user') },
+    ],
+    profiles,
+  );
+}
+
+export function profileDetail(p: Profile): string {
+  return YAML.stringify({ name: p.name, ...(p.description ? { description: p.description } : {}), ...p.options }).trimEnd();
 }

@@ -5,6 +5,8 @@
 // is still the leader.
 import type { Campaign, Etcd3, Watcher } from 'etcd3';
 import { decideNodeStatus } from '../core/node-status';
+import { decideVolumes } from '../core/volume-decisions';
+import { listVolumes } from '../store/volumes';
 import { EventCode, type NodeRecord } from '../core/types';
 import { EventLog } from '../store/events';
 import { keys } from '../store/keys';
@@ -17,8 +19,10 @@ export interface ControllerOptions {
   electionTtlSeconds: number;
   events: EventLog;
   logger: Logger;
-  /** Full reconcile even without a watch event, in case a watch was missed. */
+  /** Full reconcile even without a watch event, in case a watch was missed (and for grace periods). */
   resyncIntervalMs?: number;
+  /** How long copies on a failed node are waited for before they are replaced. */
+  rebuildGraceMs: number;
 }
 
 export class Controller {
@@ -82,7 +86,7 @@ export class Controller {
     await this.opts.events
       .write({ level: 'info', component: 'DFS', message: `controller elected on node (${self.id}) ${self.name}`, code: EventCode.controllerElected })
       .catch((err: Error) => this.opts.logger.warn({ err: err.message }, 'could not write the election event'));
-    for (const prefix of [keys.nodesPrefix, keys.alivePrefix]) {
+    for (const prefix of [keys.nodesPrefix, keys.alivePrefix, keys.volumesPrefix]) {
       try {
         const watcher = await this.etcd.watch().prefix(prefix).create();
         watcher.on('data', () => this.triggerReconcile());
@@ -137,6 +141,21 @@ export class Controller {
       // Lost leadership or the record moved on: the watch brings the next reconcile.
       if (!applied) return;
       this.opts.logger.info({ node: change.nodeId, from: change.from, to: change.to }, 'node status changed');
+      await this.opts.events.written(change.events.length);
+    }
+    if (changes.length > 0) return; // volume decisions need the new node statuses: the watch brings the next round
+
+    const volumes = await listVolumes(this.etcd);
+    const volumeChanges = decideVolumes({ volumes, nodes, alive, now, rebuildGraceMs: this.opts.rebuildGraceMs });
+    for (const change of volumeChanges) {
+      const expected = JSON.stringify(change.before);
+      const applied = await this.guardedUpdate(
+        keys.volume(change.volume),
+        (cur: unknown) => (JSON.stringify(cur) === expected ? change.after : undefined),
+        change.events.map((e) => EventLog.record(e, now)),
+      );
+      if (!applied) continue;
+      this.opts.logger.info({ volume: change.volume, kind: change.kind, epoch: change.after.epoch }, 'volume changed');
       await this.opts.events.written(change.events.length);
     }
   }

@@ -75,4 +75,67 @@ export const EventCode = {
   nodeUncordoned: 1024,
   nodeJoined: 1025,
   controllerElected: 1026,
+  replicaStale: 1027,
+  volumeReleased: 1028,
+  resyncCompleted: 1029,
 } as const;
+
+export const REPLICA_STATES = ['in-sync', 'rebuilding', 'stale'] as const;
+/** in-sync: has every acknowledged write; rebuilding: being filled; stale: missed writes, never read. */
+export type ReplicaState = (typeof REPLICA_STATES)[number];
+
+export interface ReplicaRecord {
+  /** Unique id of this copy (also its file name on the drive). */
+  id: string;
+  nodeId: string;
+  driveId: string;
+  state: ReplicaState;
+  createdAt: string;
+  /** Stale copies only: when it went stale, and whether only a full copy can make it whole again. */
+  staleSince?: string;
+  fullResync?: boolean;
+  /** Added to bring a copy next to the owner; a remote copy is retired when it is in sync. */
+  locality?: boolean;
+}
+
+export const PROVISIONING = ['thin', 'thick'] as const;
+export type Provisioning = (typeof PROVISIONING)[number];
+export const FILESYSTEMS = ['ext4', 'xfs'] as const;
+export type Filesystem = (typeof FILESYSTEMS)[number];
+
+/** The options a volume is made with; a profile gives defaults for them. */
+export interface VolumeSpec {
+  sizeBytes: number;
+  level: 1 | 2 | 3;
+  driveType: DriveType;
+  provision: Provisioning;
+  filesystem: Filesystem;
+  iopsMin?: number;
+  iopsMax?: number;
+}
+
+export type VolumePhase = 'creating' | 'ready' | 'deleting';
+
+export interface VolumeAttachment {
+  nodeId: string;
+  /** NBD export URI on the owner, e.g. nbd+unix:///NAME?socket=… */
+  uri: string;
+  since: string;
+}
+
+export interface VolumeRecord extends VolumeSpec {
+  name: string;
+  /** Short handle shown by `cio volume ls`, e.g. "vd2". */
+  vdisk: string;
+  /** 8 hex digits, unique for the life of the volume. */
+  uuid: string;
+  profile: string | null;
+  phase: VolumePhase;
+  /** Node that may write (attached there), or null. Changes only with an epoch bump. */
+  owner: string | null;
+  /** Fencing epoch: replicas refuse requests carrying an older one. */
+  epoch: number;
+  attachment: VolumeAttachment | null;
+  replicas: ReplicaRecord[];
+  createdAt: string;
+}

@@ -13,6 +13,17 @@ export const keys = {
   alive: (id: string) => `${ROOT}alive/${id}`,
   /** Bumped by every registration of a new node, so role assignment is one transaction. */
   membershipSeq: `${ROOT}meta/membership-seq`,
+  volumesPrefix: `${ROOT}volumes/`,
+  volume: (name: string) => `${ROOT}volumes/${name}`,
+  /** Counter behind the vdN handles. */
+  vdiskSeq: `${ROOT}meta/vdisk-seq`,
+  /** Dirty map of a stale copy: regions written while it missed them. */
+  dirtyPrefix: (volume: string) => `${ROOT}dirty/${volume}/`,
+  dirty: (volume: string, replicaId: string) => `${ROOT}dirty/${volume}/${replicaId}`,
+  /** Rebuild progress of a volume, written by its owner while copies are rebuilt. */
+  progress: (volume: string) => `${ROOT}progress/${volume}`,
+  profilesPrefix: `${ROOT}profiles/`,
+  profile: (name: string) => `${ROOT}profiles/${name}`,
   eventsPrefix: `${ROOT}events/`,
   event: (id: string) => `${ROOT}events/${id}`,
   /** Prefix of the etcd3 client's election for the controller. */

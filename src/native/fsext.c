@@ -1,0 +1,261 @@
+// fsext: the few Linux file-space calls that Node.js does not expose.
+//
+//   punchHole(fd, offset, length)  -> Promise<void>   fallocate(PUNCH_HOLE|KEEP_SIZE)
+//   zeroRange(fd, offset, length)  -> Promise<void>   fallocate(ZERO_RANGE|KEEP_SIZE)
+//   allocate(fd, offset, length)   -> Promise<void>   fallocate(0): reserve blocks
+//   seekData(fd, offset)           -> number          lseek(SEEK_DATA), -1 on ENXIO
+//   seekHole(fd, offset)           -> number          lseek(SEEK_HOLE), -1 on ENXIO
+//
+// fallocate can take long (allocating a large thick file, punching a heavily
+// fragmented range), so it runs on the libuv threadpool as napi_async_work.
+// The seeks only consult the extent tree and stay synchronous.
+// Errors are JS Errors with `code` set to the errno name (e.g. 'ENOSPC'),
+// `errno` set to the negated errno (as Node's fs errors do) and `syscall`.
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <node_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// Largest integer a JS number holds exactly: offsets beyond it cannot be
+// expressed by the caller anyway.
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+#define NAPI_CALL(env, call)                                     \
+  do {                                                           \
+    if ((call) != napi_ok) {                                     \
+      napi_throw_error((env), "EFSEXT", "N-API call failed: " #call); \
+      return NULL;                                               \
+    }                                                            \
+  } while (0)
+
+static const char* errno_name(int e) {
+  switch (e) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EINTR: return "EINTR";
+    case EIO: return "EIO";
+    case ENXIO: return "ENXIO";
+    case EBADF: return "EBADF";
+    case EAGAIN: return "EAGAIN";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EFAULT: return "EFAULT";
+    case EBUSY: return "EBUSY";
+    case ENODEV: return "ENODEV";
+    case EISDIR: return "EISDIR";
+    case EINVAL: return "EINVAL";
+    case ETXTBSY: return "ETXTBSY";
+    case EFBIG: return "EFBIG";
+    case ENOSPC: return "ENOSPC";
+    case ESPIPE: return "ESPIPE";
+    case EROFS: return "EROFS";
+    case ENOSYS: return "ENOSYS";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case EDQUOT: return "EDQUOT";
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value make_errno_error(napi_env env, int err, const char* syscall) {
+  char message[160];
+  snprintf(message, sizeof message, "%s: %s, %s", errno_name(err), strerror(err), syscall);
+  napi_value code, msg, error, errno_value, syscall_value;
+  if (napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code) != napi_ok) return NULL;
+  if (napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok) return NULL;
+  if (napi_create_error(env, code, msg, &error) != napi_ok) return NULL;
+  if (napi_create_int32(env, -err, &errno_value) == napi_ok)
+    napi_set_named_property(env, error, "errno", errno_value);
+  if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value) == napi_ok)
+    napi_set_named_property(env, error, "syscall", syscall_value);
+  return error;
+}
+
+static void throw_errno(napi_env env, int err, const char* syscall) {
+  napi_value error = make_errno_error(env, err, syscall);
+  if (error != NULL) napi_throw(env, error);
+  else napi_throw_error(env, errno_name(err), strerror(err));
+}
+
+// Reads argument `index` as a file descriptor. Throws and returns 0 on failure.
+static int get_fd(napi_env env, napi_value value, int* fd) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_number) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "fd must be a number");
+    return 0;
+  }
+  double d;
+  napi_get_value_double(env, value, &d);
+  if (!(d >= 0 && d <= 2147483647.0) || d != (double)(int32_t)d) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "fd must be a non-negative int32");
+    return 0;
+  }
+  *fd = (int)d;
+  return 1;
+}
+
+// Reads a non-negative safe integer (offset or length). Throws and returns 0 on failure.
+static int get_off(napi_env env, napi_value value, const char* what, int64_t* out) {
+  napi_valuetype type;
+  char message[96];
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_number) {
+    snprintf(message, sizeof message, "%s must be a number", what);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+    return 0;
+  }
+  double d;
+  napi_get_value_double(env, value, &d);
+  if (!(d >= 0 && d <= MAX_SAFE_INTEGER) || d != (double)(int64_t)d) {
+    snprintf(message, sizeof message, "%s must be a non-negative safe integer", what);
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", message);
+    return 0;
+  }
+  *out = (int64_t)d;
+  return 1;
+}
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  int mode;
+  int64_t offset;
+  int64_t length;
+  int err;
+} falloc_request;
+
+static void falloc_execute(napi_env env, void* data) {
+  (void)env;
+  falloc_request* req = data;
+  int rc;
+  do {
+    rc = fallocate(req->fd, req->mode, (off_t)req->offset, (off_t)req->length);
+  } while (rc != 0 && errno == EINTR);
+  req->err = rc == 0 ? 0 : errno;
+}
+
+static void falloc_complete(napi_env env, napi_status status, void* data) {
+  falloc_request* req = data;
+  if (status != napi_ok) {
+    napi_value code, msg, error;
+    napi_create_string_utf8(env, "EFSEXT", NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, "fallocate work was cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, code, msg, &error);
+    napi_reject_deferred(env, req->deferred, error);
+  } else if (req->err != 0) {
+    napi_reject_deferred(env, req->deferred, make_errno_error(env, req->err, "fallocate"));
+  } else {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, req->deferred, undefined);
+  }
+  napi_delete_async_work(env, req->work);
+  free(req);
+}
+
+static napi_value start_falloc(napi_env env, napi_callback_info info, int mode, const char* name) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, offset, length)");
+    return NULL;
+  }
+  int fd;
+  int64_t offset, length;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!get_off(env, argv[1], "offset", &offset)) return NULL;
+  if (!get_off(env, argv[2], "length", &length)) return NULL;
+
+  falloc_request* req = calloc(1, sizeof *req);
+  if (req == NULL) {
+    throw_errno(env, ENOMEM, "fallocate");
+    return NULL;
+  }
+  req->fd = fd;
+  req->mode = mode;
+  req->offset = offset;
+  req->length = length;
+
+  napi_value promise, resource_name;
+  if (napi_create_promise(env, &req->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, falloc_execute, falloc_complete, req, &req->work) != napi_ok) {
+    free(req);
+    napi_throw_error(env, "EFSEXT", "could not create async work");
+    return NULL;
+  }
+  if (napi_queue_async_work(env, req->work) != napi_ok) {
+    napi_delete_async_work(env, req->work);
+    free(req);
+    napi_throw_error(env, "EFSEXT", "could not queue async work");
+    return NULL;
+  }
+  return promise;
+}
+
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  return start_falloc(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "fsext.punchHole");
+}
+
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+  return start_falloc(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fsext.zeroRange");
+}
+
+static napi_value allocate(napi_env env, napi_callback_info info) {
+  return start_falloc(env, info, 0, "fsext.allocate");
+}
+
+static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char* syscall) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, offset)");
+    return NULL;
+  }
+  int fd;
+  int64_t offset;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!get_off(env, argv[1], "offset", &offset)) return NULL;
+  off_t pos = lseek(fd, (off_t)offset, whence);
+  if (pos < 0) {
+    if (errno != ENXIO) {
+      throw_errno(env, errno, syscall);
+      return NULL;
+    }
+    pos = -1;  // offset is at or beyond EOF (or no data after it for SEEK_DATA)
+  }
+  napi_value result;
+  NAPI_CALL(env, napi_create_double(env, (double)pos, &result));
+  return result;
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value seek_hole(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"allocate", NULL, allocate, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,48 @@
+// Sends transmission-phase replies. Replies that complete in the same turn of
+// the event loop are corked together so the socket emits one writev for all
+// of them (header and payload buffers go out without being concatenated).
+
+import type { Socket } from 'node:net';
+
+export class ReplyWriter {
+  private corked = false;
+
+  constructor(private readonly socket: Socket) {}
+
+  /** Bytes accepted by `send` but not yet handed to the kernel. */
+  get queuedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  /**
+   * Queue one reply. `flushed` runs exactly once: when the last buffer has been
+   * handed to the kernel, or when the socket is gone and the reply is dropped.
+   */
+  send(buffers: readonly Buffer[], flushed: () => void): void {
+    const socket = this.socket;
+    if (socket.destroyed || !socket.writable) {
+      flushed();
+      return;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+      setImmediate(this.uncork);
+    }
+    const last = buffers.length - 1;
+    for (let i = 0; i < last; i++) socket.write(buffers[i]);
+    // The callback also fires (with an error) if the socket is destroyed first.
+    socket.write(buffers[last], () => flushed());
+  }
+
+  /** Push corked replies out now (before ending the socket). */
+  flush(): void {
+    if (this.corked) this.uncork();
+  }
+
+  private readonly uncork = (): void => {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket.uncork();
+  };
+}

@@ -1,0 +1,411 @@
+// Client of the replica server (used by the replication engine). One TCP
+// connection, many requests in flight: each call sends one request frame and
+// resolves when the reply with its id arrives. Requests leave in call order;
+// once `maxInFlightBytes` (request + expected reply bytes) are outstanding,
+// further calls wait in a FIFO inside the client, so nothing is reordered and
+// memory stays bounded. When the connection drops, every pending and waiting
+// call rejects with a ReplicaConnectionError.
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import { invariant } from '../util/errors';
+import {
+  CLIENT_HELLO_SIZE,
+  SERVER_HELLO_SIZE,
+  SERVER_PROOF_SIZE,
+  checkSecret,
+  decodeServerHello,
+  encodeClientHello,
+  newNonce,
+  verifyServerProof,
+} from './auth';
+import { ByteQueue } from './bytequeue';
+import { ReplyDecoder, decodeAllocMap, decodeJson, encodeJson, encodeRequestHeader } from './codec';
+import type { Extent } from './fsext';
+import type { ReplicaState } from './meta';
+import { type CreatePayload, Flag, OP_NAMES, Op, type ReplicaInfo, type Reply, Status, statusName } from './protocol';
+
+export interface ReplicaClientOptions {
+  host: string;
+  port: number;
+  secret: Buffer;
+  /** Time allowed for connect + handshake. Default 10 s. */
+  timeoutMs?: number;
+  /** Outstanding request + reply bytes before calls queue inside the client. Default 64 MiB. */
+  maxInFlightBytes?: number;
+}
+
+/** The server answered with an error status. `epoch` is the replica's current epoch. */
+export class ReplicaRequestError extends Error {
+  constructor(
+    readonly code: string,
+    readonly status: number,
+    readonly epoch: number,
+    readonly op: string,
+    readonly replicaId: string,
+    message: string,
+  ) {
+    super(`${op} ${replicaId}: ${code}${message ? `: ${message}` : ''}`);
+    this.name = 'ReplicaRequestError';
+  }
+}
+
+/** The connection failed or closed; the request's outcome on the server is unknown. */
+export class ReplicaConnectionError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ReplicaConnectionError';
+  }
+}
+
+interface Pending {
+  op: Op;
+  replicaId: string;
+  cost: number;
+  expectedPayload: number; // exact reply payload length for READ, -1 for "any"
+  sent: boolean;
+  resolve: (reply: Reply) => void;
+  reject: (err: Error) => void;
+}
+
+interface Waiting {
+  header: Buffer;
+  payload: Uint8Array | undefined;
+  pending: Pending;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+const REPLY_OVERHEAD = 24;
+
+export class ReplicaClient extends EventEmitter {
+  private readonly decoder = new ReplyDecoder();
+  private readonly pending = new Map<number, Pending>();
+  private readonly waiting: Waiting[] = [];
+  private capacityWaiters: Array<{ bytes: number; resolve: () => void; reject: (err: Error) => void }> = [];
+  private readonly idBytes = new Map<string, Buffer>();
+  private nextRequestId = 1;
+  private inFlight = 0; // bytes of requests sent and not answered
+  private waitingBytes = 0; // bytes of requests queued in the client
+  private socketClosed = false;
+  private corked = false;
+  private closeError: ReplicaConnectionError | undefined;
+  private readonly maxInFlightBytes: number;
+  private readonly peer: string;
+
+  /** Connects and authenticates; rejects on timeout, refusal or wrong secret. */
+  static async connect(opts: ReplicaClientOptions): Promise<ReplicaClient> {
+    checkSecret(opts.secret);
+    const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true });
+    try {
+      const leftover = await handshake(socket, opts.secret, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+      return new ReplicaClient(socket, opts, leftover);
+    } catch (err) {
+      socket.destroy();
+      throw err;
+    }
+  }
+
+  private constructor(
+    private readonly socket: net.Socket,
+    opts: ReplicaClientOptions,
+    leftover: ByteQueue,
+  ) {
+    super();
+    this.maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES;
+    this.peer = `${opts.host}:${opts.port}`;
+    socket.setKeepAlive(true, 10_000);
+    let lastError: Error | undefined;
+    socket.on('error', (err) => (lastError = err));
+    socket.on('close', () => this.onClose(lastError));
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (leftover.length > 0) this.onData(leftover.take(leftover.length));
+    socket.resume(); // the handshake paused it so that no byte is missed in between
+  }
+
+  /** Request and expected reply bytes sent and not yet answered (at most maxInFlightBytes, or one request). */
+  get inFlightBytes(): number {
+    return this.inFlight;
+  }
+
+  /** Bytes of calls waiting inside the client for in-flight bytes to drop. */
+  get queuedBytes(): number {
+    return this.waitingBytes;
+  }
+
+  get pendingRequests(): number {
+    return this.pending.size + this.waiting.length;
+  }
+
+  get closed(): boolean {
+    return this.closeError !== undefined;
+  }
+
+  /** Resolves when `bytes` more could be sent without exceeding maxInFlightBytes. */
+  waitForCapacity(bytes = 0): Promise<void> {
+    if (this.closeError) return Promise.reject(this.closeError);
+    if (this.hasCapacity(bytes)) return Promise.resolve();
+    return new Promise((resolve, reject) => this.capacityWaiters.push({ bytes, resolve, reject }));
+  }
+
+  // ---- operations ---------------------------------------------------------
+
+  /** Raises the replica's epoch to `epoch` (refused with ESTALE if older) and returns its info. */
+  async open(replicaId: string, epoch: number): Promise<ReplicaInfo> {
+    return this.info(await this.send(Op.OPEN, replicaId, epoch, 0, 0, 0));
+  }
+
+  async stat(replicaId: string): Promise<ReplicaInfo> {
+    return this.info(await this.send(Op.STAT, replicaId, 0, 0, 0, 0));
+  }
+
+  async create(opts: { replicaId: string; volumeUuid: string; size: number; thick?: boolean; epoch?: number; driveId?: string; state?: ReplicaState }): Promise<ReplicaInfo> {
+    const body: CreatePayload = { volumeUuid: opts.volumeUuid, size: opts.size, driveId: opts.driveId, state: opts.state };
+    const payload = encodeJson(body);
+    const flags = opts.thick ? Flag.THICK : 0;
+    return this.info(await this.send(Op.CREATE, opts.replicaId, opts.epoch ?? 0, 0, payload.length, flags, payload));
+  }
+
+  async delete(replicaId: string, epoch: number): Promise<void> {
+    await this.send(Op.DELETE, replicaId, epoch, 0, 0, 0);
+  }
+
+  async read(replicaId: string, epoch: number, offset: number, length: number): Promise<Buffer> {
+    return (await this.send(Op.READ, replicaId, epoch, offset, length, 0, undefined, length)).payload;
+  }
+
+  /** `data` is sent without a copy: do not modify it until the returned promise settles. */
+  async write(replicaId: string, epoch: number, offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
+    await this.send(Op.WRITE, replicaId, epoch, offset, data.length, opts.fua ? Flag.FUA : 0, data);
+  }
+
+  async flush(replicaId: string, epoch: number): Promise<void> {
+    await this.send(Op.FLUSH, replicaId, epoch, 0, 0, 0);
+  }
+
+  /** Discards the range; it reads back as zeros on every replica. */
+  async trim(replicaId: string, epoch: number, offset: number, length: number, opts: { fua?: boolean } = {}): Promise<void> {
+    await this.send(Op.TRIM, replicaId, epoch, offset, length, opts.fua ? Flag.FUA : 0);
+  }
+
+  async writeZeroes(replicaId: string, epoch: number, offset: number, length: number, opts: { fua?: boolean; noHole?: boolean } = {}): Promise<void> {
+    const flags = (opts.fua ? Flag.FUA : 0) | (opts.noHole ? Flag.NO_HOLE : 0);
+    await this.send(Op.WRITE_ZEROES, replicaId, epoch, offset, length, flags);
+  }
+
+  /** Allocated extents of [offset, offset+length) (several round trips for very fragmented ranges). */
+  async allocMap(replicaId: string, epoch: number, offset: number, length: number): Promise<Extent[]> {
+    const end = offset + length;
+    const extents: Extent[] = [];
+    let pos = offset;
+    do {
+      // The server caps one reply; lengths are u32 on the wire, so ask in pieces.
+      const span = Math.min(end - pos, 0xffff_f000);
+      const reply = await this.send(Op.ALLOC_MAP, replicaId, epoch, pos, span, 0);
+      const map = decodeAllocMap(reply.payload);
+      invariant(map.scannedTo > pos && map.scannedTo <= pos + span, 'ALLOC_MAP reply made no progress');
+      extents.push(...map.extents);
+      pos = map.scannedTo;
+    } while (pos < end);
+    return extents;
+  }
+
+  async setState(replicaId: string, epoch: number, state: ReplicaState): Promise<ReplicaInfo> {
+    const payload = encodeJson({ state });
+    return this.info(await this.send(Op.SET_STATE, replicaId, epoch, 0, payload.length, 0, payload));
+  }
+
+  /** Grows the replica to `newSize` bytes. */
+  async resize(replicaId: string, epoch: number, newSize: number): Promise<ReplicaInfo> {
+    return this.info(await this.send(Op.RESIZE, replicaId, epoch, newSize, 0, 0));
+  }
+
+  /** Closes the connection; calls still pending reject. */
+  close(): Promise<void> {
+    if (this.socketClosed) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.socket.once('close', () => resolve());
+      this.closeError ??= new ReplicaConnectionError('ECONNABORTED', `connection to replica server ${this.peer} closed by the client`);
+      this.socket.destroy();
+    });
+  }
+
+  // ---- internals ----------------------------------------------------------
+
+  private send(op: Op, replicaId: string, epoch: number, offset: number, length: number, flags: number, payload?: Uint8Array, replyBytes = 0): Promise<Reply> {
+    if (this.closeError) return Promise.reject(this.closeError);
+    if (!isU64(epoch) || !isU64(offset) || !(Number.isInteger(length) && length >= 0 && length <= 0xffff_ffff)) {
+      return Promise.reject(new RangeError(`${OP_NAMES[op]} ${replicaId}: epoch, offset and length must be non-negative integers (got ${epoch}, ${offset}, ${length})`));
+    }
+    const requestId = this.allocateRequestId();
+    const header = encodeRequestHeader({ op, flags, requestId, replicaId, epoch, offset, length, payloadLength: payload ? payload.length : 0 }, this.replicaIdBytes(replicaId));
+    return new Promise<Reply>((resolve, reject) => {
+      const cost = header.length + (payload ? payload.length : 0) + REPLY_OVERHEAD + replyBytes;
+      const pending: Pending = { op, replicaId, cost, expectedPayload: op === Op.READ ? length : -1, sent: false, resolve, reject };
+      if (this.waiting.length === 0 && this.hasCapacity(cost)) {
+        this.transmit(header, payload, pending);
+      } else {
+        this.waiting.push({ header, payload, pending });
+        this.waitingBytes += cost;
+      }
+      // Reserve the id now so a later call cannot take it while this one waits.
+      this.pending.set(requestId, pending);
+    });
+  }
+
+  private hasCapacity(cost: number): boolean {
+    return this.inFlight === 0 || this.inFlight + cost <= this.maxInFlightBytes;
+  }
+
+  private transmit(header: Buffer, payload: Uint8Array | undefined, pending: Pending): void {
+    this.inFlight += pending.cost;
+    pending.sent = true;
+    // Requests issued in the same tick leave in one writev.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    this.socket.write(header);
+    if (payload && payload.length > 0) this.socket.write(payload);
+  }
+
+  private allocateRequestId(): number {
+    for (;;) {
+      const id = this.nextRequestId;
+      this.nextRequestId = id === 0xffff_ffff ? 1 : id + 1;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  private replicaIdBytes(replicaId: string): Buffer {
+    let bytes = this.idBytes.get(replicaId);
+    if (!bytes) {
+      bytes = Buffer.from(replicaId, 'latin1');
+      if (this.idBytes.size < 1024) this.idBytes.set(replicaId, bytes);
+    }
+    return bytes;
+  }
+
+  private onData(chunk: Buffer): void {
+    this.decoder.push(chunk);
+    try {
+      for (let reply = this.decoder.next(); reply; reply = this.decoder.next()) this.onReply(reply);
+    } catch (err) {
+      this.fatal(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    this.sendWaiting();
+  }
+
+  private onReply(reply: Reply): void {
+    const p = this.pending.get(reply.requestId);
+    if (!p || !p.sent) {
+      throw new ReplicaConnectionError('EPROTO', `reply for unknown request id ${reply.requestId}`);
+    }
+    this.pending.delete(reply.requestId);
+    this.inFlight -= p.cost;
+    if (reply.status !== Status.OK) {
+      const message = reply.payload.toString('utf8');
+      p.reject(new ReplicaRequestError(statusName(reply.status), reply.status, reply.epoch, OP_NAMES[p.op], p.replicaId, message));
+      return;
+    }
+    if (p.expectedPayload >= 0 && reply.payload.length !== p.expectedPayload) {
+      const err = new ReplicaConnectionError('EPROTO', `${OP_NAMES[p.op]} reply has ${reply.payload.length} bytes, expected ${p.expectedPayload}`);
+      p.reject(err);
+      throw err;
+    }
+    p.resolve(reply);
+  }
+
+  private sendWaiting(): void {
+    while (this.waiting.length > 0 && this.hasCapacity(this.waiting[0].pending.cost)) {
+      const w = this.waiting.shift()!;
+      this.waitingBytes -= w.pending.cost;
+      this.transmit(w.header, w.payload, w.pending);
+    }
+    if (this.capacityWaiters.length === 0 || this.waiting.length > 0) return;
+    const still = [];
+    for (const c of this.capacityWaiters) {
+      if (this.hasCapacity(c.bytes)) c.resolve();
+      else still.push(c);
+    }
+    this.capacityWaiters = still;
+  }
+
+  private fatal(err: Error): void {
+    const code = err instanceof ReplicaConnectionError ? err.code : 'EPROTO';
+    this.closeError ??= new ReplicaConnectionError(code, `connection to replica server ${this.peer} broken: ${err.message}`);
+    this.socket.destroy();
+  }
+
+  private onClose(socketError: Error | undefined): void {
+    this.socketClosed = true;
+    const reason = socketError ? `: ${socketError.message}` : '';
+    const err = (this.closeError ??= new ReplicaConnectionError('ECONNRESET', `connection to replica server ${this.peer} closed${reason}`));
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    this.waiting.length = 0;
+    this.waitingBytes = 0;
+    this.inFlight = 0;
+    for (const p of pending) p.reject(err);
+    for (const c of this.capacityWaiters) c.reject(err);
+    this.capacityWaiters = [];
+    this.emit('close', err);
+  }
+
+  private info(reply: Reply): ReplicaInfo {
+    return decodeJson(reply.payload) as ReplicaInfo;
+  }
+}
+
+function isU64(n: number): boolean {
+  return Number.isSafeInteger(n) && n >= 0;
+}
+
+/** Runs the client side of the handshake; resolves with any bytes received after it. */
+function handshake(socket: net.Socket, secret: Buffer, timeoutMs: number): Promise<ByteQueue> {
+  return new Promise((resolve, reject) => {
+    const queue = new ByteQueue();
+    const clientNonce = newNonce();
+    let serverNonce: Buffer | undefined;
+    const finish = (err: Error | undefined): void => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+      if (err) reject(err);
+      else resolve(queue);
+    };
+    const onData = (chunk: Buffer): void => {
+      queue.push(chunk);
+      try {
+        if (serverNonce === undefined) {
+          if (queue.length < SERVER_HELLO_SIZE) return;
+          serverNonce = decodeServerHello(queue.take(SERVER_HELLO_SIZE));
+          const hello = encodeClientHello(secret, serverNonce, clientNonce);
+          invariant(hello.length === CLIENT_HELLO_SIZE, 'client hello size');
+          socket.write(hello);
+        }
+        if (queue.length < SERVER_PROOF_SIZE) return;
+        verifyServerProof(secret, serverNonce, clientNonce, queue.take(SERVER_PROOF_SIZE));
+        // Hold further bytes until the client's own 'data' handler is attached.
+        socket.pause();
+        finish(undefined);
+      } catch (err) {
+        finish(err as Error);
+      }
+    };
+    const onError = (err: Error): void => finish(new ReplicaConnectionError((err as NodeJS.ErrnoException).code ?? 'ECONNREFUSED', `replica server: ${err.message}`));
+    const onClose = (): void => finish(new ReplicaConnectionError('EAUTH', 'replica server closed the connection during the handshake (wrong cluster secret?)'));
+    const timer = setTimeout(() => finish(new ReplicaConnectionError('ETIMEDOUT', `replica server did not complete the handshake within ${timeoutMs} ms`)), timeoutMs);
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+  });
+}

@@ -1,0 +1,182 @@
+// Carries out one decoded request against the node's replicas and says what
+// to reply. No sockets here (connection.ts does the framing and flow
+// control). Every data operation goes through Replica.runFenced, so the epoch
+// rule is enforced in one place.
+import { type Logger } from '../util/log';
+import { errnoCode } from './errors';
+import { decodeJson, encodeAllocMap, encodeJson } from './codec';
+import { type ReplicaLocator } from './locator';
+import { isReplicaState, isValidEpoch, isValidReplicaId } from './meta';
+import {
+  type CreatePayload,
+  Flag,
+  MAX_ALLOC_MAP_EXTENTS,
+  MAX_IO_BYTES,
+  OP_NAMES,
+  Op,
+  type ReplicaInfo,
+  type Request,
+  Status,
+  statusForCode,
+} from './protocol';
+import type { Replica } from './replica';
+
+export interface Outcome {
+  status: number;
+  /** The replica's epoch after the operation (0 when there is no replica). */
+  epoch: number;
+  payload?: Buffer;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+class RequestError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+function fail(status: number, message: string): Outcome {
+  return { status, epoch: 0, payload: Buffer.from(message, 'utf8') };
+}
+
+export async function replicaInfo(replica: Replica): Promise<ReplicaInfo> {
+  return { ...replica.info(), allocatedBytes: await replica.allocatedBytes() };
+}
+
+export class Dispatcher {
+  constructor(
+    private readonly locator: ReplicaLocator,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Never rejects: failures become error outcomes. */
+  async execute(req: Request): Promise<Outcome> {
+    if (req.refused) return fail(req.refused.status, req.refused.message);
+    let replica: Replica | undefined;
+    try {
+      if (OP_NAMES[req.op] === undefined) throw new RequestError(Status.ENOSYS, `unknown op ${req.op}`);
+      if (!isValidReplicaId(req.replicaId)) throw new RequestError(Status.EINVAL, `invalid replica id ${JSON.stringify(req.replicaId)}`);
+      if (!isValidEpoch(req.epoch)) throw new RequestError(Status.EINVAL, `invalid epoch ${req.epoch}`);
+      if (req.op === Op.CREATE) return await this.create(req);
+      if (req.op === Op.DELETE) {
+        // Found first only so that a refusal can report the replica's epoch;
+        // a replica too broken to open can still be deleted.
+        replica = await Promise.resolve(this.locator.find(req.replicaId)).catch(() => undefined);
+        await this.locator.delete(req.replicaId, req.epoch);
+        return { status: Status.OK, epoch: req.epoch };
+      }
+      const found = this.locator.find(req.replicaId);
+      replica = found instanceof Promise ? await found : found;
+      return await this.onReplica(req, replica);
+    } catch (err) {
+      return this.failure(req, err, replica);
+    }
+  }
+
+  private async onReplica(req: Request, r: Replica): Promise<Outcome> {
+    const { epoch, offset, length, flags } = req;
+    const fua = (flags & Flag.FUA) !== 0;
+    switch (req.op as Op) {
+      case Op.OPEN:
+        await r.raiseEpoch(epoch);
+        return this.info(r);
+      case Op.STAT:
+        return this.info(r);
+      case Op.READ: {
+        if (length > MAX_IO_BYTES) throw new RequestError(Status.EMSGSIZE, `READ of ${length} bytes exceeds the limit of ${MAX_IO_BYTES}`);
+        const data = await r.runFenced(epoch, offset, length, 'shared', () => r.read(offset, length));
+        return { status: Status.OK, epoch: r.epoch, payload: data };
+      }
+      case Op.WRITE:
+        if (req.payload.length !== length) throw new RequestError(Status.EINVAL, `WRITE length ${length} but payload of ${req.payload.length} bytes`);
+        await r.runFenced(epoch, offset, length, 'exclusive', async (lease) => {
+          await r.write(offset, req.payload);
+          if (fua) {
+            lease.release(); // durability needs no ordering against later writes
+            await r.flush();
+          }
+        });
+        return { status: Status.OK, epoch: r.epoch };
+      case Op.FLUSH:
+        await r.runFencedUnlocked(epoch, async () => {
+          await r.ranges.barrier(0, r.size); // cover writes that arrived before the flush
+          await r.flush();
+        });
+        return { status: Status.OK, epoch: r.epoch };
+      case Op.TRIM:
+      case Op.WRITE_ZEROES: {
+        const noHole = req.op === Op.WRITE_ZEROES && (flags & Flag.NO_HOLE) !== 0;
+        await r.runFenced(epoch, offset, length, 'exclusive', async (lease) => {
+          await r.writeZeroes(offset, length, { noHole });
+          if (fua) {
+            lease.release();
+            await r.flush();
+          }
+        });
+        return { status: Status.OK, epoch: r.epoch };
+      }
+      case Op.ALLOC_MAP: {
+        const map = await r.runFenced(epoch, offset, length, 'shared', () => Promise.resolve(r.allocatedExtents(offset, length, MAX_ALLOC_MAP_EXTENTS)));
+        return { status: Status.OK, epoch: r.epoch, payload: encodeAllocMap(map.extents, map.scannedTo) };
+      }
+      case Op.SET_STATE: {
+        const body = this.json(req) as { state?: unknown };
+        const state = body.state;
+        if (!isReplicaState(state)) throw new RequestError(Status.EINVAL, `invalid replica state ${JSON.stringify(state)}`);
+        await r.runFencedUnlocked(epoch, () => r.setState(state));
+        return this.info(r);
+      }
+      case Op.RESIZE:
+        await r.runFencedUnlocked(epoch, () => r.resize(offset));
+        return this.info(r);
+      default:
+        throw new RequestError(Status.ENOSYS, `op ${req.op} does not apply to an existing replica`);
+    }
+  }
+
+  private async create(req: Request): Promise<Outcome> {
+    const body = this.json(req) as Partial<CreatePayload>;
+    if (typeof body.volumeUuid !== 'string' || typeof body.size !== 'number') {
+      throw new RequestError(Status.EINVAL, 'CREATE needs { volumeUuid, size }');
+    }
+    if (body.state !== undefined && !isReplicaState(body.state)) throw new RequestError(Status.EINVAL, `invalid replica state ${JSON.stringify(body.state)}`);
+    if (body.driveId !== undefined && typeof body.driveId !== 'string') throw new RequestError(Status.EINVAL, 'driveId must be a string');
+    const replica = await this.locator.create({
+      replicaId: req.replicaId,
+      volumeUuid: body.volumeUuid,
+      size: body.size,
+      thick: (req.flags & Flag.THICK) !== 0,
+      epoch: req.epoch,
+      driveId: body.driveId,
+      state: body.state,
+    });
+    return this.info(replica);
+  }
+
+  private async info(r: Replica): Promise<Outcome> {
+    return { status: Status.OK, epoch: r.epoch, payload: encodeJson(await replicaInfo(r)) };
+  }
+
+  private json(req: Request): unknown {
+    try {
+      const value = decodeJson(req.payload);
+      if (typeof value !== 'object' || value === null) throw new Error('not an object');
+      return value;
+    } catch {
+      throw new RequestError(Status.EINVAL, `${OP_NAMES[req.op]}: payload is not a JSON object`);
+    }
+  }
+
+  private failure(req: Request, err: unknown, replica: Replica | undefined): Outcome {
+    const status = err instanceof RequestError ? err.status : statusForCode(errnoCode(err));
+    const message = err instanceof Error ? err.message : String(err);
+    if (status === Status.EIO && !(err instanceof RequestError)) {
+      this.logger.error({ err, op: OP_NAMES[req.op], replicaId: req.replicaId }, 'replica request failed');
+    }
+    return { status, epoch: replica?.epoch ?? 0, payload: message.length > 0 ? Buffer.from(message, 'utf8') : EMPTY };
+  }
+}

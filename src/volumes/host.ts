@@ -1,0 +1,400 @@
+// The volumes attached on this node: for each, a replication engine and an NBD
+// server on a unix socket. Attaching makes this node the owner by an etcd
+// transaction that bumps the epoch (DESIGN invariant 1); the engine then opens
+// every copy at that epoch before serving (invariant 2).
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { Etcd3 } from 'etcd3';
+import type { Watcher } from 'etcd3';
+import { VolumeEngine, FencedError, type EngineReplica } from '../engine/engine';
+import { DirtyMap, type DirtyMapJson } from '../core/dirty-map';
+import { getJson } from '../store/etcd';
+import { NbdServer } from '../nbd';
+import { EventCode, type NodeRecord, type VolumeRecord } from '../core/types';
+import type { EventLog } from '../store/events';
+import { getVersioned } from '../store/cas';
+import { keys } from '../store/keys';
+import { listNodes } from '../store/nodes';
+import { listVolumes, requireVolume, updateVolume } from '../store/volumes';
+import { ConflictError, UserError, errorMessage } from '../util/errors';
+import type { Logger } from '../util/log';
+import { connectReplica, unreachableChannel, type ReplicaLinkOptions } from './replica-links';
+import { volumeLabel } from './lifecycle';
+
+export interface HostOptions {
+  etcd: Etcd3;
+  events: EventLog;
+  self: () => NodeRecord;
+  links: ReplicaLinkOptions;
+  /** Directory for the NBD sockets. */
+  socketDir: string;
+  replicaTimeoutMs: number;
+  logger: Logger;
+}
+
+interface Attached {
+  engine: VolumeEngine;
+  nbd: NbdServer;
+  socketPath: string;
+  epoch: number;
+  vdisk: string;
+  /** Copies whose rebuild or resync this node runs now. */
+  rebuilding: Set<string>;
+  progressTimer?: NodeJS.Timeout;
+}
+
+export function nbdUri(name: string, socketPath: string): string {
+  return `nbd+unix:///${name}?socket=${socketPath}`;
+}
+
+export class VolumeHost {
+  private readonly attached = new Map<string, Attached>();
+  /** One attach/detach at a time per volume on this node. */
+  private readonly busy = new Map<string, Promise<unknown>>();
+
+  private watchers: Watcher[] = [];
+  private stopped = false;
+
+  constructor(private readonly opts: HostOptions) {}
+
+  /** Follow volume and node changes: lost ownership, copies to rebuild, nodes that died. */
+  async watch(): Promise<void> {
+    const volumes = await this.opts.etcd.watch().prefix(keys.volumesPrefix).create();
+    volumes.on('put', (kv) => this.onVolumeRecord(JSON.parse(kv.value.toString()) as VolumeRecord));
+    volumes.on('delete', (kv) => {
+      const name = kv.key.toString().slice(keys.volumesPrefix.length);
+      if (this.attached.has(name)) void this.serial(name, () => this.stopLocal(name));
+    });
+    const nodes = await this.opts.etcd.watch().prefix(keys.nodesPrefix).create();
+    nodes.on('put', (kv) => this.onNodeRecord(JSON.parse(kv.value.toString()) as NodeRecord));
+    for (const w of [volumes, nodes]) w.on('error', (err) => this.opts.logger.warn({ err: err.message }, 'volume host watch error'));
+    this.watchers = [volumes, nodes];
+    // Periodic pass: resyncs wait for a copy's node to come back, which is a node change, not a volume change.
+    const timer = setInterval(() => void this.reconcileAll(), 3000);
+    timer.unref();
+    this.watchers.push({ cancel: async () => clearInterval(timer) } as unknown as Watcher);
+  }
+
+  private async reconcileAll(): Promise<void> {
+    if (this.stopped || this.attached.size === 0) return;
+    try {
+      for (const vol of await listVolumes(this.opts.etcd)) if (this.attached.has(vol.name)) this.onVolumeRecord(vol);
+    } catch (err) {
+      this.opts.logger.debug({ err: errorMessage(err) }, 'reconcile pass failed');
+    }
+  }
+
+  private onVolumeRecord(vol: VolumeRecord): void {
+    const a = this.attached.get(vol.name);
+    if (!a || this.stopped) return;
+    const self = this.opts.self();
+    if (vol.owner !== self.id || vol.epoch !== a.epoch) {
+      // Another node owns it now (we were cut off or paused past our lease): drop it by ourselves.
+      this.opts.logger.warn({ volume: vol.name, owner: vol.owner, epoch: vol.epoch, ours: a.epoch }, 'lost ownership of the volume; dropping it here');
+      void this.serial(vol.name, () => this.stopLocal(vol.name, a));
+      return;
+    }
+    void this.reconcileReplicas(vol, a).catch((err: unknown) => this.opts.logger.warn({ volume: vol.name, err: errorMessage(err) }, 'replica reconcile failed'));
+  }
+
+  private onNodeRecord(node: NodeRecord): void {
+    if (node.status !== 'maintenance') return;
+    for (const [name, a] of this.attached) {
+      const ids = a.engine.replicaStates().filter((r) => r.nodeId === node.id && r.state !== 'stale').map((r) => r.id);
+      if (ids.length) {
+        this.opts.logger.warn({ volume: name, node: node.name, replicas: ids }, 'node of a copy is down; marking it stale');
+        void a.engine.retireReplicas(ids).catch((err: unknown) => this.opts.logger.warn({ volume: name, err: errorMessage(err) }, 'could not retire copies'));
+      }
+    }
+  }
+
+  /** Start rebuilds and resyncs the record calls for; forget copies that left the set. */
+  private async reconcileReplicas(vol: VolumeRecord, a: Attached): Promise<void> {
+    const engine = a.engine;
+    for (const known of engine.replicaStates()) {
+      if (!vol.replicas.some((r) => r.id === known.id) && !a.rebuilding.has(known.id)) await engine.removeReplica(known.id);
+    }
+    const nodes = await listNodes(this.opts.etcd);
+    for (const r of vol.replicas) {
+      if (a.rebuilding.has(r.id)) continue;
+      const node = nodes.find((n) => n.id === r.nodeId);
+      if (!node || node.status === 'maintenance') continue;
+      const inEngine = engine.replicaStates().find((x) => x.id === r.id);
+      if (r.state === 'rebuilding' && inEngine?.state !== 'in-sync') {
+        this.startRebuild(vol, a, r.id, node, 'full', true);
+      } else if (r.state === 'stale' && (await this.opts.etcd.get(keys.alive(r.nodeId)).string())) {
+        const healthy = vol.replicas.filter((x) => x.state !== 'stale').length;
+        if (healthy >= vol.level) continue; // the controller drops it instead
+        const hasMap = (await this.opts.etcd.get(keys.dirty(vol.name, r.id)).string()) !== null;
+        this.startRebuild(vol, a, r.id, node, r.fullResync || !hasMap ? 'full' : 'incremental', true);
+      }
+    }
+  }
+
+  private startRebuild(vol: VolumeRecord, a: Attached, replicaId: string, node: NodeRecord, mode: 'full' | 'incremental', clearTarget: boolean): void {
+    a.rebuilding.add(replicaId);
+    const record = vol.replicas.find((r) => r.id === replicaId)!;
+    const run = async (): Promise<void> => {
+      const channel = await connectReplica(node, this.opts.links);
+      if (record.state === 'rebuilding') {
+        // A new copy placed by the controller: make its file (again, if a previous owner began it).
+        await channel
+          .create({ replicaId, volumeUuid: vol.uuid, size: vol.sizeBytes, thick: vol.provision === 'thick', epoch: a.epoch, driveId: record.driveId, state: 'rebuilding' })
+          .catch((err: unknown) => {
+            if (!/EEXIST/.test(errorMessage(err))) throw err;
+          });
+      }
+      await this.opts.events.write({ level: 'info', component: 'DFS', message: `${volumeLabel(vol)} rebuilding on node ${node.id}`, code: EventCode.volumeRebuilding });
+      this.opts.logger.info({ volume: vol.name, replica: replicaId, node: node.name, mode }, 'rebuild started');
+      const started = Date.now();
+      const copied = await a.engine.rebuild(
+        { id: replicaId, nodeId: node.id, state: 'rebuilding', local: node.id === this.opts.self().id, channel },
+        mode,
+        clearTarget,
+        () => this.markInSync(vol.name, a.epoch, replicaId),
+      );
+      await this.opts.etcd.delete().key(keys.dirty(vol.name, replicaId)).catch(() => undefined);
+      const seconds = (Date.now() - started) / 1000;
+      this.opts.logger.info({ volume: vol.name, replica: replicaId, mode, copiedBytes: copied, seconds }, 'rebuild completed');
+      await this.opts.events.write({
+        level: 'info', component: 'DFS',
+        message: mode === 'incremental'
+          ? `${volumeLabel(vol)} resync completed on node ${node.id}, copied ${copied} bytes, ret:0`
+          : `${volumeLabel(vol)} volume rebuild completed, copied ${copied} bytes, ret:0`,
+        code: mode === 'incremental' ? EventCode.resyncCompleted : EventCode.rebuildCompleted,
+      });
+    };
+    this.publishProgress(vol.name, a);
+    void run()
+      .catch((err: unknown) => this.opts.logger.warn({ volume: vol.name, replica: replicaId, err: errorMessage(err) }, 'rebuild did not complete'))
+      .finally(() => {
+        a.rebuilding.delete(replicaId);
+        this.publishProgress(vol.name, a);
+      });
+  }
+
+  /** Keep the rebuild progress in etcd while rebuilds run, for `cio volume info`. */
+  private publishProgress(name: string, a: Attached): void {
+    const key = keys.progress(name);
+    const write = (): void => {
+      const progress = a.engine.rebuildProgress();
+      const now = Date.now();
+      const value = progress.map((p) => {
+        const rate = p.doneBytes / Math.max(0.001, (now - p.startedAt) / 1000);
+        return { ...p, percent: p.totalBytes ? (100 * p.doneBytes) / p.totalBytes : 100, bytesPerSecond: rate, secondsLeft: rate > 0 ? (p.totalBytes - p.doneBytes) / rate : null };
+      });
+      void this.opts.etcd.put(key).value(JSON.stringify(value)).catch(() => undefined);
+    };
+    if (a.rebuilding.size > 0) {
+      if (!a.progressTimer) {
+        a.progressTimer = setInterval(write, 1000);
+        a.progressTimer.unref();
+      }
+      write();
+    } else {
+      clearInterval(a.progressTimer);
+      a.progressTimer = undefined;
+      void this.opts.etcd.delete().key(key).catch(() => undefined);
+    }
+  }
+
+  /** Record a rebuilt copy as in-sync, only while this node still owns the volume at this epoch. */
+  private async markInSync(name: string, epoch: number, replicaId: string): Promise<void> {
+    const self = this.opts.self();
+    let fenced = false;
+    await updateVolume(this.opts.etcd, name, (cur) => {
+      if (cur.owner !== self.id || cur.epoch !== epoch || !cur.replicas.some((r) => r.id === replicaId)) {
+        fenced = true;
+        return undefined;
+      }
+      return {
+        ...cur,
+        replicas: cur.replicas.map((r) => (r.id === replicaId ? { id: r.id, nodeId: r.nodeId, driveId: r.driveId, state: 'in-sync' as const, createdAt: r.createdAt, ...(r.locality ? { locality: true } : {}) } : r)),
+      };
+    });
+    if (fenced) throw new FencedError(`volume ${name}: the copy ${replicaId} is no longer ours to mark in sync`);
+  }
+
+  isAttached(name: string): boolean {
+    return this.attached.has(name);
+  }
+
+  engineOf(name: string): VolumeEngine | undefined {
+    return this.attached.get(name)?.engine;
+  }
+
+  private serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.busy.get(name) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    this.busy.set(name, next.catch(() => undefined));
+    return next;
+  }
+
+  attach(name: string): Promise<VolumeRecord> {
+    return this.serial(name, () => this.attachNow(name));
+  }
+
+  detach(name: string): Promise<VolumeRecord> {
+    return this.serial(name, () => this.detachNow(name));
+  }
+
+  private async attachNow(name: string): Promise<VolumeRecord> {
+    const { etcd } = this.opts;
+    const self = this.opts.self();
+    const current = await getVersioned<VolumeRecord>(etcd, keys.volume(name));
+    if (!current) throw new UserError(`no volume named ${name}`, 'ENOENT', 404);
+    const vol = current.value;
+    if (vol.phase !== 'ready') throw new ConflictError(`volume ${name} is being ${vol.phase === 'creating' ? 'created' : 'removed'}`);
+    if (vol.owner === self.id && this.attached.has(name)) return vol;
+
+    // Ownership moves only if the volume is free, already ours, or its owner's
+    // lease is gone; the transaction re-checks both, so a racing attach loses.
+    const compares: Array<[string, 'Mod' | 'Create', '==', string | number]> = [[keys.volume(name), 'Mod', '==', current.modRevision]];
+    if (vol.owner && vol.owner !== self.id) {
+      const ownerAlive = await etcd.get(keys.alive(vol.owner)).string();
+      if (ownerAlive) {
+        const owner = (await listNodes(etcd)).find((n) => n.id === vol.owner);
+        throw new ConflictError(`volume ${name} is attached on node ${owner?.name ?? vol.owner}; detach it there first`);
+      }
+      compares.push([keys.alive(vol.owner), 'Create', '==', 0]);
+    }
+    const socketPath = path.join(this.opts.socketDir, `${vol.uuid}.sock`);
+    const epoch = vol.epoch + 1;
+    const next: VolumeRecord = {
+      ...vol,
+      owner: self.id,
+      epoch,
+      attachment: { nodeId: self.id, uri: nbdUri(name, socketPath), since: new Date().toISOString() },
+    };
+    let txn = etcd.if(...compares[0]);
+    for (const c of compares.slice(1)) txn = txn.and(...c);
+    const res = await txn.then(etcd.put(keys.volume(name)).value(JSON.stringify(next))).commit();
+    if (!res.succeeded) throw new ConflictError(`volume ${name} changed while attaching; try again`);
+    this.opts.logger.info({ volume: name, epoch }, 'this node owns the volume now');
+
+    try {
+      await this.startEngine(next, socketPath);
+    } catch (err) {
+      // Give the volume back; the epoch stays bumped, which is harmless.
+      await updateVolume(etcd, name, (cur) => (cur.owner === self.id && cur.epoch === epoch ? { ...cur, owner: null, attachment: null } : undefined)).catch(() => undefined);
+      throw new UserError(`could not attach ${name}: ${errorMessage(err)}`, 'EIO', 500);
+    }
+    return next;
+  }
+
+  private async startEngine(vol: VolumeRecord, socketPath: string): Promise<void> {
+    const self = this.opts.self();
+    const nodes = await listNodes(this.opts.etcd);
+    const replicas: EngineReplica[] = await Promise.all(
+      vol.replicas.map(async (r) => {
+        const node = nodes.find((n) => n.id === r.nodeId);
+        // A copy being rebuilt when the previous owner stopped is rebuilt again from the start.
+        const state = r.state === 'rebuilding' ? 'stale' : r.state;
+        let channel;
+        try {
+          if (state === 'stale') throw new Error('stale copy: connected when it is resynced');
+          if (!node || node.status === 'maintenance') throw new Error(`node ${node?.name ?? r.nodeId} is down`);
+          channel = await connectReplica(node, this.opts.links);
+        } catch (err) {
+          channel = unreachableChannel(`cannot reach the copy on node ${node?.name ?? r.nodeId}: ${errorMessage(err)}`);
+        }
+        return { id: r.id, nodeId: r.nodeId, state, local: r.nodeId === self.id, channel };
+      }),
+    );
+    const dirtyMaps = new Map<string, DirtyMap>();
+    for (const r of vol.replicas.filter((x) => x.state === 'stale')) {
+      const json = await getJson<DirtyMapJson>(this.opts.etcd, keys.dirty(vol.name, r.id));
+      if (json) dirtyMaps.set(r.id, DirtyMap.fromJSON(json));
+    }
+    const engine = new VolumeEngine({
+      volume: vol.name,
+      size: vol.sizeBytes,
+      epoch: vol.epoch,
+      replicas,
+      replicaTimeoutMs: this.opts.replicaTimeoutMs,
+      markStale: (ids) => this.markStale(vol.name, vol.epoch, ids),
+      persistDirty: async (replicaId, map) => {
+        await this.opts.etcd.put(keys.dirty(vol.name, replicaId)).value(JSON.stringify(map.toJSON()));
+      },
+      dirtyMaps,
+      logger: this.opts.logger.child({ volume: vol.name }),
+    });
+    try {
+      await engine.open();
+      await mkdir(this.opts.socketDir, { recursive: true });
+      await rm(socketPath, { force: true });
+      const nbd = new NbdServer({
+        socketPath,
+        lookup: (exportName) => (exportName === vol.name ? engine : undefined),
+        list: () => [vol.name],
+        logger: this.opts.logger.child({ component: 'nbd', volume: vol.name }),
+      });
+      await nbd.listen();
+      this.attached.set(vol.name, { engine, nbd, socketPath, epoch: vol.epoch, vdisk: vol.vdisk, rebuilding: new Set() });
+      this.onVolumeRecord(vol);
+    } catch (err) {
+      await engine.close();
+      throw err;
+    }
+  }
+
+  /** Record copies as stale, only while this node still owns the volume at this epoch. */
+  private async markStale(name: string, epoch: number, ids: string[]): Promise<void> {
+    const self = this.opts.self();
+    let fenced = false;
+    const vol = await updateVolume(this.opts.etcd, name, (cur) => {
+      if (cur.owner !== self.id || cur.epoch !== epoch) {
+        fenced = true;
+        return undefined;
+      }
+      const now = new Date().toISOString();
+      return {
+        ...cur,
+        replicas: cur.replicas.map((r) =>
+          ids.includes(r.id) && r.state !== 'stale' ? { ...r, state: 'stale' as const, staleSince: now, fullResync: r.state === 'rebuilding' || r.fullResync } : r,
+        ),
+      };
+    });
+    if (fenced) throw new FencedError(`volume ${name} is owned by another node or epoch now`);
+    for (const id of ids) {
+      const r = vol.replicas.find((x) => x.id === id);
+      await this.opts.events
+        .write({ level: 'warn', component: 'DFS', message: `${volumeLabel(vol)} copy on node ${r?.nodeId ?? '?'} stopped answering, marked stale`, code: EventCode.replicaStale })
+        .catch(() => undefined);
+    }
+  }
+
+  private async stopLocal(name: string, expected?: Attached): Promise<void> {
+    const a = this.attached.get(name);
+    if (!a || (expected && a !== expected)) return;
+    this.attached.delete(name);
+    clearInterval(a.progressTimer);
+    await a.nbd.close().catch(() => undefined);
+    await a.engine.flush().catch(() => undefined);
+    await a.engine.close();
+    await rm(a.socketPath, { force: true });
+  }
+
+  private async detachNow(name: string): Promise<VolumeRecord> {
+    const self = this.opts.self();
+    const vol = await requireVolume(this.opts.etcd, name);
+    if (vol.owner && vol.owner !== self.id) throw new ConflictError(`volume ${name} is attached on another node, not here`);
+    await this.stopLocal(name);
+    return updateVolume(this.opts.etcd, name, (cur) => (cur.owner === self.id ? { ...cur, owner: null, attachment: null } : undefined));
+  }
+
+  /** After an agent restart: serve again the volumes this node still owns. */
+  async resumeOwned(): Promise<void> {
+    const self = this.opts.self();
+    for (const vol of await listVolumes(this.opts.etcd)) {
+      if (vol.owner !== self.id || this.attached.has(vol.name)) continue;
+      await this.attach(vol.name).catch((err: unknown) => this.opts.logger.error({ volume: vol.name, err: errorMessage(err) }, 'could not re-attach an owned volume'));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const w of this.watchers) await w.cancel().catch(() => undefined);
+    for (const name of [...this.attached.keys()]) await this.stopLocal(name);
+  }
+}

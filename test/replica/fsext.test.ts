@@ -1,0 +1,77 @@
+import assert from 'node:assert/strict';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import * as fsext from '../../src/replica/fsext';
+import { Cleanup, randomBytes, tempDir } from './helpers';
+
+const MiB = 1024 * 1024;
+const cleanup = new Cleanup();
+let dir: string;
+
+before(async () => {
+  dir = await tempDir(cleanup);
+});
+after(() => cleanup.run());
+
+test('seekData/seekHole and allocatedExtents follow what was written and punched', async () => {
+  const fh = await fsp.open(path.join(dir, 'sparse'), 'w+');
+  try {
+    await fh.truncate(8 * MiB);
+    assert.equal(fsext.seekData(fh.fd, 0), -1, 'an empty sparse file has no data');
+    assert.equal(fsext.seekHole(fh.fd, 0), 0);
+    assert.deepEqual(fsext.allocatedExtents(fh.fd, 0, 8 * MiB).extents, []);
+
+    await fh.write(randomBytes(MiB), 0, MiB, 2 * MiB);
+    await fh.write(randomBytes(MiB), 0, MiB, 5 * MiB);
+    assert.deepEqual(fsext.allocatedExtents(fh.fd, 0, 8 * MiB), {
+      extents: [
+        { offset: 2 * MiB, length: MiB },
+        { offset: 5 * MiB, length: MiB },
+      ],
+      scannedTo: 8 * MiB,
+    });
+    // Clipped to the asked range, and resumable when capped.
+    assert.deepEqual(fsext.allocatedExtents(fh.fd, 2.5 * MiB, 3 * MiB).extents, [
+      { offset: 2.5 * MiB, length: 0.5 * MiB },
+      { offset: 5 * MiB, length: 0.5 * MiB },
+    ]);
+    const capped = fsext.allocatedExtents(fh.fd, 0, 8 * MiB, 1);
+    assert.deepEqual(capped, { extents: [{ offset: 2 * MiB, length: MiB }], scannedTo: 3 * MiB });
+
+    await fsext.punchHole(fh.fd, 2 * MiB, MiB);
+    assert.deepEqual(fsext.allocatedExtents(fh.fd, 0, 8 * MiB).extents, [{ offset: 5 * MiB, length: MiB }]);
+    const back = Buffer.alloc(MiB);
+    await fh.read(back, 0, MiB, 2 * MiB);
+    assert.ok(back.equals(Buffer.alloc(MiB)), 'a punched range reads as zeros');
+    assert.equal((await fh.stat()).size, 8 * MiB, 'punching keeps the size');
+    assert.equal(fsext.seekData(fh.fd, 9 * MiB), -1, 'ENXIO past EOF becomes -1');
+  } finally {
+    await fh.close();
+  }
+});
+
+test('allocate reserves blocks and zeroRange zeroes in place', async () => {
+  const fh = await fsp.open(path.join(dir, 'thick'), 'w+');
+  try {
+    await fsext.allocate(fh.fd, 0, 4 * MiB);
+    const st = await fh.stat();
+    assert.equal(st.size, 4 * MiB);
+    assert.ok(st.blocks * 512 >= 4 * MiB, `allocated ${st.blocks * 512} bytes`);
+    await fh.write(randomBytes(MiB), 0, MiB, 0);
+    await fsext.zeroRange(fh.fd, 0, MiB);
+    const back = Buffer.alloc(MiB);
+    await fh.read(back, 0, MiB, 0);
+    assert.ok(back.equals(Buffer.alloc(MiB)));
+    assert.ok((await fh.stat()).blocks * 512 >= 4 * MiB, 'zeroRange keeps the blocks');
+  } finally {
+    await fh.close();
+  }
+});
+
+test('errors carry the errno name as code', async () => {
+  await assert.rejects(fsext.punchHole(999_999, 0, 4096), (err: NodeJS.ErrnoException) => err.code === 'EBADF' && err.syscall === 'fallocate');
+  assert.throws(() => fsext.seekData(999_999, 0), (err: NodeJS.ErrnoException) => err.code === 'EBADF');
+  assert.throws(() => fsext.seekData(-1, 0), RangeError);
+  assert.throws(() => fsext.seekHole(0, -5), RangeError);
+});
