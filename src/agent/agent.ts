@@ -57,8 +57,9 @@ export class Agent {
     // Serve this node's copies before joining, so a node that looks alive can serve.
     const secret = Buffer.from((await readFile(cfg.tls.replicaSecret, 'utf8')).trim());
     for (const d of cfg.drives) this.stores.set(d.id ?? 'd1', new ReplicaStore(d.path));
-    this.replicaServer = new ReplicaServer({ host: cfg.ip, port: cfg.replicaPort, secret, stores: this.stores, logger: this.logger.child({ component: 'replica' }) });
-    await this.replicaServer.listen();
+    const replicaServer = new ReplicaServer({ host: cfg.ip, port: cfg.replicaPort, secret, stores: this.stores, logger: this.logger.child({ component: 'replica' }) });
+    this.replicaServer = replicaServer;
+    await replicaServer.listen();
     const links = { secret, connectTimeoutMs: 3000 };
 
     const identity = async (): Promise<NodeIdentity> => ({
@@ -98,6 +99,7 @@ export class Agent {
       links,
       socketDir: path.join(cfg.dataDir, 'nbd'),
       replicaTimeoutMs: cfg.replicaTimeoutMs,
+      localChannel: () => replicaServer.localChannel(),
       logger: this.logger.child({ component: 'volumes' }),
     });
     this.host = host;

@@ -75,8 +75,13 @@ export function etcdClientFor(state: LocalClusterState): Etcd3 {
   return connectEtcd({ endpoints: [state.etcd.clientUrl], tls: state.cli, callTimeoutMs: 2000 });
 }
 
+/** Extra Node.js flags for the agents (e.g. CIO_AGENT_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile). */
+function agentNodeArgs(): string[] {
+  return (process.env.CIO_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+}
+
 function startAgent(node: LocalNode): number {
-  return startDaemon({ command: process.execPath, args: [AGENT_MAIN, '--config', node.configFile], logFile: node.logFile });
+  return startDaemon({ command: process.execPath, args: [...agentNodeArgs(), AGENT_MAIN, '--config', node.configFile], logFile: node.logFile });
 }
 
 export async function clusterUp(opts: UpOptions): Promise<LocalClusterState> {

@@ -5,7 +5,6 @@
 // further calls wait in a FIFO inside the client, so nothing is reordered and
 // memory stays bounded. When the connection drops, every pending and waiting
 // call rejects with a ReplicaConnectionError.
-import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { invariant } from '../util/errors';
 import {
@@ -19,10 +18,9 @@ import {
   verifyServerProof,
 } from './auth';
 import { ByteQueue } from './bytequeue';
-import { ReplyDecoder, decodeAllocMap, decodeJson, encodeJson, encodeRequestHeader } from './codec';
-import type { Extent } from './fsext';
-import type { ReplicaState } from './meta';
-import { type CreatePayload, Flag, OP_NAMES, Op, type ReplicaInfo, type Reply, Status, statusName } from './protocol';
+import { ReplicaOps, ReplicaRequestError, ReplicaConnectionError } from './ops';
+import { ReplyDecoder, encodeRequestHeader } from './codec';
+import { OP_NAMES, Op, type Reply, Status, statusName } from './protocol';
 
 export interface ReplicaClientOptions {
   host: string;
@@ -34,31 +32,7 @@ export interface ReplicaClientOptions {
   maxInFlightBytes?: number;
 }
 
-/** The server answered with an error status. `epoch` is the replica's current epoch. */
-export class ReplicaRequestError extends Error {
-  constructor(
-    readonly code: string,
-    readonly status: number,
-    readonly epoch: number,
-    readonly op: string,
-    readonly replicaId: string,
-    message: string,
-  ) {
-    super(`${op} ${replicaId}: ${code}${message ? `: ${message}` : ''}`);
-    this.name = 'ReplicaRequestError';
-  }
-}
-
-/** The connection failed or closed; the request's outcome on the server is unknown. */
-export class ReplicaConnectionError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ReplicaConnectionError';
-  }
-}
+export { ReplicaRequestError, ReplicaConnectionError };
 
 interface Pending {
   op: Op;
@@ -80,7 +54,7 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 const REPLY_OVERHEAD = 24;
 
-export class ReplicaClient extends EventEmitter {
+export class ReplicaClient extends ReplicaOps {
   private readonly decoder = new ReplyDecoder();
   private readonly pending = new Map<number, Pending>();
   private readonly waiting: Waiting[] = [];
@@ -150,78 +124,6 @@ export class ReplicaClient extends EventEmitter {
     return new Promise((resolve, reject) => this.capacityWaiters.push({ bytes, resolve, reject }));
   }
 
-  // ---- operations ---------------------------------------------------------
-
-  /** Raises the replica's epoch to `epoch` (refused with ESTALE if older) and returns its info. */
-  async open(replicaId: string, epoch: number): Promise<ReplicaInfo> {
-    return this.info(await this.send(Op.OPEN, replicaId, epoch, 0, 0, 0));
-  }
-
-  async stat(replicaId: string): Promise<ReplicaInfo> {
-    return this.info(await this.send(Op.STAT, replicaId, 0, 0, 0, 0));
-  }
-
-  async create(opts: { replicaId: string; volumeUuid: string; size: number; thick?: boolean; epoch?: number; driveId?: string; state?: ReplicaState }): Promise<ReplicaInfo> {
-    const body: CreatePayload = { volumeUuid: opts.volumeUuid, size: opts.size, driveId: opts.driveId, state: opts.state };
-    const payload = encodeJson(body);
-    const flags = opts.thick ? Flag.THICK : 0;
-    return this.info(await this.send(Op.CREATE, opts.replicaId, opts.epoch ?? 0, 0, payload.length, flags, payload));
-  }
-
-  async delete(replicaId: string, epoch: number): Promise<void> {
-    await this.send(Op.DELETE, replicaId, epoch, 0, 0, 0);
-  }
-
-  async read(replicaId: string, epoch: number, offset: number, length: number): Promise<Buffer> {
-    return (await this.send(Op.READ, replicaId, epoch, offset, length, 0, undefined, length)).payload;
-  }
-
-  /** `data` is sent without a copy: do not modify it until the returned promise settles. */
-  async write(replicaId: string, epoch: number, offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
-    await this.send(Op.WRITE, replicaId, epoch, offset, data.length, opts.fua ? Flag.FUA : 0, data);
-  }
-
-  async flush(replicaId: string, epoch: number): Promise<void> {
-    await this.send(Op.FLUSH, replicaId, epoch, 0, 0, 0);
-  }
-
-  /** Discards the range; it reads back as zeros on every replica. */
-  async trim(replicaId: string, epoch: number, offset: number, length: number, opts: { fua?: boolean } = {}): Promise<void> {
-    await this.send(Op.TRIM, replicaId, epoch, offset, length, opts.fua ? Flag.FUA : 0);
-  }
-
-  async writeZeroes(replicaId: string, epoch: number, offset: number, length: number, opts: { fua?: boolean; noHole?: boolean } = {}): Promise<void> {
-    const flags = (opts.fua ? Flag.FUA : 0) | (opts.noHole ? Flag.NO_HOLE : 0);
-    await this.send(Op.WRITE_ZEROES, replicaId, epoch, offset, length, flags);
-  }
-
-  /** Allocated extents of [offset, offset+length) (several round trips for very fragmented ranges). */
-  async allocMap(replicaId: string, epoch: number, offset: number, length: number): Promise<Extent[]> {
-    const end = offset + length;
-    const extents: Extent[] = [];
-    let pos = offset;
-    do {
-      // The server caps one reply; lengths are u32 on the wire, so ask in pieces.
-      const span = Math.min(end - pos, 0xffff_f000);
-      const reply = await this.send(Op.ALLOC_MAP, replicaId, epoch, pos, span, 0);
-      const map = decodeAllocMap(reply.payload);
-      invariant(map.scannedTo > pos && map.scannedTo <= pos + span, 'ALLOC_MAP reply made no progress');
-      extents.push(...map.extents);
-      pos = map.scannedTo;
-    } while (pos < end);
-    return extents;
-  }
-
-  async setState(replicaId: string, epoch: number, state: ReplicaState): Promise<ReplicaInfo> {
-    const payload = encodeJson({ state });
-    return this.info(await this.send(Op.SET_STATE, replicaId, epoch, 0, payload.length, 0, payload));
-  }
-
-  /** Grows the replica to `newSize` bytes. */
-  async resize(replicaId: string, epoch: number, newSize: number): Promise<ReplicaInfo> {
-    return this.info(await this.send(Op.RESIZE, replicaId, epoch, newSize, 0, 0));
-  }
-
   /** Closes the connection; calls still pending reject. */
   close(): Promise<void> {
     if (this.socketClosed) return Promise.resolve();
@@ -234,7 +136,7 @@ export class ReplicaClient extends EventEmitter {
 
   // ---- internals ----------------------------------------------------------
 
-  private send(op: Op, replicaId: string, epoch: number, offset: number, length: number, flags: number, payload?: Uint8Array, replyBytes = 0): Promise<Reply> {
+  protected send(op: Op, replicaId: string, epoch: number, offset: number, length: number, flags: number, payload?: Uint8Array, replyBytes = 0): Promise<Reply> {
     if (this.closeError) return Promise.reject(this.closeError);
     if (!isU64(epoch) || !isU64(offset) || !(Number.isInteger(length) && length >= 0 && length <= 0xffff_ffff)) {
       return Promise.reject(new RangeError(`${OP_NAMES[op]} ${replicaId}: epoch, offset and length must be non-negative integers (got ${epoch}, ${offset}, ${length})`));
@@ -262,11 +164,12 @@ export class ReplicaClient extends EventEmitter {
   private transmit(header: Buffer, payload: Uint8Array | undefined, pending: Pending): void {
     this.inFlight += pending.cost;
     pending.sent = true;
-    // Requests issued in the same tick leave in one writev.
+    // Requests issued in the same event-loop turn (every file
+    // callback of one poll phase, say) leave in one writev: fewer syscalls and wake-ups.
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      process.nextTick(() => {
+      setImmediate(() => {
         this.corked = false;
         this.socket.uncork();
       });
@@ -359,9 +262,6 @@ export class ReplicaClient extends EventEmitter {
     this.emit('close', err);
   }
 
-  private info(reply: Reply): ReplicaInfo {
-    return decodeJson(reply.payload) as ReplicaInfo;
-  }
 }
 
 function isU64(n: number): boolean {

@@ -6,6 +6,7 @@ import { checkSecret } from './auth';
 import { ServerConnection } from './connection';
 import { Dispatcher } from './dispatch';
 import { ReplicaLocator } from './locator';
+import { LocalReplicaChannel } from './local';
 import type { ReplicaStore } from './store';
 
 export interface ReplicaServerOptions {
@@ -52,6 +53,11 @@ export class ReplicaServer {
       conn.start();
     });
     this.server.on('error', (err) => this.logger.error({ err }, 'replica server error'));
+  }
+
+  /** An in-process channel to this server's replicas (for an engine on the same node). */
+  localChannel(): LocalReplicaChannel {
+    return new LocalReplicaChannel(this.dispatcher);
   }
 
   get connectionCount(): number {

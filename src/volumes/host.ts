@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { Watcher } from 'etcd3';
 import { VolumeEngine, FencedError, type EngineReplica } from '../engine/engine';
+import type { ReplicaOps } from '../replica/ops';
 import { DirtyMap, type DirtyMapJson } from '../core/dirty-map';
 import { getJson } from '../store/etcd';
 import { NbdServer } from '../nbd';
@@ -29,6 +30,8 @@ export interface HostOptions {
   /** Directory for the NBD sockets. */
   socketDir: string;
   replicaTimeoutMs: number;
+  /** In-process channel to this node's own replicas. */
+  localChannel: () => ReplicaOps;
   logger: Logger;
 }
 
@@ -135,7 +138,7 @@ export class VolumeHost {
     a.rebuilding.add(replicaId);
     const record = vol.replicas.find((r) => r.id === replicaId)!;
     const run = async (): Promise<void> => {
-      const channel = await connectReplica(node, this.opts.links);
+      const channel: ReplicaOps = node.id === this.opts.self().id ? this.opts.localChannel() : await connectReplica(node, this.opts.links);
       if (record.state === 'rebuilding') {
         // A new copy placed by the controller: make its file (again, if a previous owner began it).
         await channel
@@ -294,7 +297,7 @@ export class VolumeHost {
         try {
           if (state === 'stale') throw new Error('stale copy: connected when it is resynced');
           if (!node || node.status === 'maintenance') throw new Error(`node ${node?.name ?? r.nodeId} is down`);
-          channel = await connectReplica(node, this.opts.links);
+          channel = node.id === self.id ? this.opts.localChannel() : await connectReplica(node, this.opts.links);
         } catch (err) {
           channel = unreachableChannel(`cannot reach the copy on node ${node?.name ?? r.nodeId}: ${errorMessage(err)}`);
         }
