@@ -118,12 +118,12 @@ export class Agent {
     await host.watch();
     await host.resumeOwned();
     const sweep = (): void => {
-      sweepOrphans(etcd, this.stores, this.nodeId, this.logger.child({ component: 'sweep' })).catch((err: Error) =>
+      sweepOrphans(etcd, this.stores, this.logger.child({ component: 'sweep' })).catch((err: Error) =>
         this.logger.warn({ err: err.message }, 'orphan sweep failed'),
       );
     };
     sweep();
-    this.sweepTimer = setInterval(sweep, 60_000);
+    this.sweepTimer = setInterval(sweep, 10_000);
     this.sweepTimer.unref();
     this.logger.info({ node: record.name, id: record.id, role: record.role, api: `https://${cfg.ip}:${cfg.apiPort}` }, 'agent started');
     return record;

@@ -21,6 +21,10 @@ export interface UpOptions {
   /** First three octets and a dot, e.g. "127.0.0."; etcd gets .10, nodes .11, .12 … */
   ipPrefix: string;
   leaseTtlSeconds: number;
+  /** Seconds before copies on a failed node are replaced. */
+  rebuildGraceSeconds: number;
+  /** A copy silent this long is marked stale. */
+  replicaTimeoutMs: number;
   /** Per node: "ssd:100GB" … */
   drives: string[];
   logLevel: string;
@@ -135,6 +139,8 @@ export async function clusterUp(opts: UpOptions): Promise<LocalClusterState> {
       tls: { ca: cert.ca, cert: cert.cert, key: cert.key, token: ca.token, replicaSecret: ca.secret },
       drives: drives.map((d, j) => ({ id: `d${j + 1}`, path: path.join(nodeDir, 'drives', `d${j + 1}`), type: d.type, capacity: d.capacity })),
       leaseTtlSeconds: opts.leaseTtlSeconds,
+      rebuildGraceSeconds: opts.rebuildGraceSeconds,
+      replicaTimeoutMs: opts.replicaTimeoutMs,
       logLevel: opts.logLevel,
     };
     await mkdir(nodeDir, { recursive: true });

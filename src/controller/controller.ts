@@ -7,6 +7,7 @@ import type { Campaign, Etcd3, Watcher } from 'etcd3';
 import { decideNodeStatus } from '../core/node-status';
 import { decideVolumes } from '../core/volume-decisions';
 import { listVolumes } from '../store/volumes';
+import { newReplicaId } from '../volumes/lifecycle';
 import { EventCode, type NodeRecord } from '../core/types';
 import { EventLog } from '../store/events';
 import { keys } from '../store/keys';
@@ -146,7 +147,7 @@ export class Controller {
     if (changes.length > 0) return; // volume decisions need the new node statuses: the watch brings the next round
 
     const volumes = await listVolumes(this.etcd);
-    const volumeChanges = decideVolumes({ volumes, nodes, alive, now, rebuildGraceMs: this.opts.rebuildGraceMs });
+    const volumeChanges = decideVolumes({ volumes, nodes, alive, now, rebuildGraceMs: this.opts.rebuildGraceMs, newReplicaId: (v) => newReplicaId(v.uuid) });
     for (const change of volumeChanges) {
       const expected = JSON.stringify(change.before);
       const applied = await this.guardedUpdate(

@@ -14,6 +14,8 @@ export interface VolumeDecisionInput {
   now: Date;
   /** How long a failed node's copies are waited for before they are replaced. */
   rebuildGraceMs: number;
+  /** A fresh, never reused id for a new copy (random in production). */
+  newReplicaId: (volume: VolumeRecord) => string;
 }
 
 export type VolumeChangeKind = 'failover' | 'mark-stale' | 'replace' | 'drop-stale' | 'locality' | 'retire-extra';
@@ -34,11 +36,6 @@ function label(v: VolumeRecord): string {
 /** A copy that holds or is receiving every write, on a node that is up. */
 function isHealthy(r: ReplicaRecord, nodes: ReadonlyMap<string, NodeRecord>): boolean {
   return (r.state === 'in-sync' || r.state === 'rebuilding') && nodes.get(r.nodeId)?.status !== 'maintenance';
-}
-
-function newReplicaId(v: VolumeRecord, seq: number, nodeId: string): string {
-  // Deterministic (decisions are pure); unique because a node never holds two copies of a volume.
-  return `${v.uuid}-${nodeId.slice(0, 4)}${(v.epoch + seq).toString(16).padStart(2, '0')}`;
 }
 
 export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
@@ -145,8 +142,11 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
         preferNode: v.owner,
       });
       if (!placed.ok) continue; // nowhere to put it now; decided again on the next change
-      const added: ReplicaRecord[] = placed.replicas.map((p, k) => ({
-        id: newReplicaId(v, k + 1, p.nodeId), nodeId: p.nodeId, driveId: p.driveId, state: 'rebuilding', createdAt: now,
+      const hasLocal = kept.some((r) => r.nodeId === v.owner && r.state === 'in-sync');
+      const added: ReplicaRecord[] = placed.replicas.map((p) => ({
+        id: input.newReplicaId(v), nodeId: p.nodeId, driveId: p.driveId, state: 'rebuilding', createdAt: now,
+        // A copy placed next to an owner that had none is also a locality rebuild.
+        ...(p.nodeId === v.owner && !hasLocal ? { locality: true } : {}),
       }));
       const after: VolumeRecord = { ...v, replicas: [...kept, ...added] };
       changes.push({
@@ -168,7 +168,7 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
       const placed = placeReplicas(input.nodes, current, { sizeBytes: v.sizeBytes, driveType: v.driveType, count: 1, excludeNodes: new Set(v.replicas.map((r) => r.nodeId)), preferNode: v.owner });
       if (!ownerNode || !drive || !placed.ok || placed.replicas[0].nodeId !== v.owner) continue;
       const added: ReplicaRecord = {
-        id: newReplicaId(v, 1, v.owner), nodeId: v.owner, driveId: placed.replicas[0].driveId, state: 'rebuilding', createdAt: now, locality: true,
+        id: input.newReplicaId(v), nodeId: v.owner, driveId: placed.replicas[0].driveId, state: 'rebuilding', createdAt: now, locality: true,
       };
       const after: VolumeRecord = { ...v, replicas: [...v.replicas, added] };
       changes.push({
@@ -183,17 +183,10 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
     if (inSync.length > v.level && v.replicas.every((r) => r.state === 'in-sync')) {
       const remote = v.replicas.filter((r) => r.nodeId !== v.owner);
       const retire = remote.slice(0, inSync.length - v.level);
-      const localityDone = v.replicas.some((r) => r.locality && r.nodeId === v.owner);
-      const after: VolumeRecord = {
-        ...v,
-        replicas: v.replicas.filter((r) => !retire.includes(r)).map((r) => (r.locality ? { ...r, locality: undefined } : r)),
-      };
+      const after: VolumeRecord = { ...v, replicas: v.replicas.filter((r) => !retire.includes(r)) };
       changes.push({
         kind: 'retire-extra', volume: v.name, before: v, after,
-        events: [
-          ...retire.map((r) => ({ level: 'info' as const, component: 'DFS', message: `${label(v)} removed on node ${r.nodeId}`, code: EventCode.volumeRemovedOnNode })),
-          ...(localityDone ? [{ level: 'info' as const, component: 'DFS', message: `${label(v)} locality rebuild completed, ret:0`, code: EventCode.localityRebuildCompleted }] : []),
-        ],
+        events: retire.map((r) => ({ level: 'info' as const, component: 'DFS', message: `${label(v)} removed on node ${r.nodeId}`, code: EventCode.volumeRemovedOnNode })),
       });
       current[i] = after;
     }

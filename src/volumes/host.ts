@@ -166,6 +166,9 @@ export class VolumeHost {
           : `${volumeLabel(vol)} volume rebuild completed, copied ${copied} bytes, ret:0`,
         code: mode === 'incremental' ? EventCode.resyncCompleted : EventCode.rebuildCompleted,
       });
+      if (record.locality) {
+        await this.opts.events.write({ level: 'info', component: 'DFS', message: `${volumeLabel(vol)} locality rebuild completed, ret:0`, code: EventCode.localityRebuildCompleted });
+      }
     };
     this.publishProgress(vol.name, a);
     void run()
@@ -212,7 +215,7 @@ export class VolumeHost {
       }
       return {
         ...cur,
-        replicas: cur.replicas.map((r) => (r.id === replicaId ? { id: r.id, nodeId: r.nodeId, driveId: r.driveId, state: 'in-sync' as const, createdAt: r.createdAt, ...(r.locality ? { locality: true } : {}) } : r)),
+        replicas: cur.replicas.map((r) => (r.id === replicaId ? { id: r.id, nodeId: r.nodeId, driveId: r.driveId, state: 'in-sync' as const, createdAt: r.createdAt } : r)),
       };
     });
     if (fenced) throw new FencedError(`volume ${name}: the copy ${replicaId} is no longer ours to mark in sync`);

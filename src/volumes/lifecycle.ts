@@ -31,7 +31,7 @@ export interface CreateRequest {
 
 export const INITIAL_EPOCH = 1;
 
-function newReplicaId(uuid: string): string {
+export function newReplicaId(uuid: string): string {
   return `${uuid}-${randomBytes(3).toString('hex')}`;
 }
 
