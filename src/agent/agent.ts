@@ -21,6 +21,7 @@ import { sweepOrphans } from '../volumes/sweep';
 import { PeerClient } from '../api/peer';
 import path from 'node:path';
 import { loadOrCreateNodeId } from './node-id';
+import { startPlugin } from '../plugin/wire';
 
 const VERSION = '0.1.0';
 
@@ -34,6 +35,7 @@ export class Agent {
   private stores = new Map<string, ReplicaStore>();
   private host: VolumeHost | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
+  private plugin: { stop(): Promise<void> } | undefined;
   nodeId = '';
 
   constructor(
@@ -99,6 +101,7 @@ export class Agent {
       links,
       socketDir: path.join(cfg.dataDir, 'nbd'),
       replicaTimeoutMs: cfg.replicaTimeoutMs,
+      rebuildBytesPerSecond: cfg.rebuildMaxMiBps * 1024 * 1024,
       localChannel: () => replicaServer.localChannel(),
       logger: this.logger.child({ component: 'volumes' }),
     });
@@ -117,6 +120,13 @@ export class Agent {
     );
     await host.watch();
     await host.resumeOwned();
+    if (cfg.pluginSocket) {
+      this.plugin = await startPlugin({
+        etcd, lifecycle, host, self,
+        socketPath: cfg.pluginSocket, mountRoot: cfg.mountRoot, workDir: path.join(cfg.dataDir, 'plugin'),
+        logger: this.logger.child({ component: 'plugin' }),
+      });
+    }
     const sweep = (): void => {
       sweepOrphans(etcd, this.stores, this.logger.child({ component: 'sweep' })).catch((err: Error) =>
         this.logger.warn({ err: err.message }, 'orphan sweep failed'),
@@ -132,6 +142,8 @@ export class Agent {
   async stop(): Promise<void> {
     clearInterval(this.gaugeTimer);
     clearInterval(this.sweepTimer);
+    // Unmount Docker's volumes while the NBD exports under them still run.
+    await this.plugin?.stop().catch(() => undefined);
     await this.api?.close().catch(() => undefined);
     await this.host?.stop().catch(() => undefined);
     await this.replicaServer?.close().catch(() => undefined);

@@ -41,6 +41,12 @@ export const agentConfigSchema = z.object({
   replicaTimeoutMs: z.number().int().min(100).max(600_000).default(5000),
   /** Copies on a failed node are replaced after this long (a node back sooner is resynced instead). */
   rebuildGraceSeconds: z.number().int().min(0).max(86_400).default(30),
+  /** Cap on rebuild copying per copy, in MiB/s (0: none). */
+  rebuildMaxMiBps: z.number().min(0).max(100_000).default(0),
+  /** Unix socket of the Docker volume plugin; '' leaves the plugin off. */
+  pluginSocket: z.string().default('/run/docker/plugins/cio.sock'),
+  /** Docker volumes are mounted at mountRoot/NAME. */
+  mountRoot: z.string().min(1).default('/cio/volumes'),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
 });
 

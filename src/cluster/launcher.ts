@@ -25,6 +25,8 @@ export interface UpOptions {
   rebuildGraceSeconds: number;
   /** A copy silent this long is marked stale. */
   replicaTimeoutMs: number;
+  /** Rebuild copy cap in MiB/s (0: none). */
+  rebuildMaxMiBps: number;
   /** Per node: "ssd:100GB" … */
   drives: string[];
   logLevel: string;
@@ -33,6 +35,12 @@ export interface UpOptions {
 }
 
 const ETCD_CLIENT_PORT = 2379;
+/**
+ * Each agent reaches etcd on a port of its own (base + node number), so that a
+ * test can cut one node off from etcd — on one machine every loopback
+ * connection leaves from 127.0.0.1, so addresses alone cannot tell nodes apart.
+ */
+export const ETCD_NODE_PORT_BASE = 23790;
 const ETCD_PEER_PORT = 2380;
 const API_PORT = 7411;
 const REPLICA_PORT = 7412;
@@ -113,9 +121,11 @@ export async function clusterUp(opts: UpOptions): Promise<LocalClusterState> {
   const clientUrl = `https://${etcdIp}:${ETCD_CLIENT_PORT}`;
   const peerUrl = `http://${etcdIp}:${ETCD_PEER_PORT}`;
   const etcdData = path.join(dir, 'etcd');
+  const nodeEtcdUrl = (i: number): string => `https://${etcdIp}:${ETCD_NODE_PORT_BASE + i + 1}`;
   const etcdArgs = [
     '--name', 'cio-etcd', '--data-dir', etcdData,
-    '--listen-client-urls', clientUrl, '--advertise-client-urls', clientUrl,
+    '--listen-client-urls', [clientUrl, ...Array.from({ length: opts.nodes }, (_, i) => nodeEtcdUrl(i))].join(','),
+    '--advertise-client-urls', clientUrl,
     '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
     '--initial-cluster', `cio-etcd=${peerUrl}`,
     '--cert-file', etcdCert.cert, '--key-file', etcdCert.key,
@@ -135,12 +145,16 @@ export async function clusterUp(opts: UpOptions): Promise<LocalClusterState> {
       apiPort: API_PORT,
       replicaPort: REPLICA_PORT,
       dataDir: path.join(nodeDir, 'data'),
-      etcd: { endpoints: [clientUrl] },
+      etcd: { endpoints: [nodeEtcdUrl(i)] },
       tls: { ca: cert.ca, cert: cert.cert, key: cert.key, token: ca.token, replicaSecret: ca.secret },
       drives: drives.map((d, j) => ({ id: `d${j + 1}`, path: path.join(nodeDir, 'drives', `d${j + 1}`), type: d.type, capacity: d.capacity })),
       leaseTtlSeconds: opts.leaseTtlSeconds,
       rebuildGraceSeconds: opts.rebuildGraceSeconds,
       replicaTimeoutMs: opts.replicaTimeoutMs,
+      rebuildMaxMiBps: opts.rebuildMaxMiBps,
+      // Per node, so that several agents on one machine do not share Docker's socket or mount root.
+      pluginSocket: path.join(nodeDir, 'plugin', 'cio.sock'),
+      mountRoot: path.join(nodeDir, 'mnt'),
       logLevel: opts.logLevel,
     };
     await mkdir(nodeDir, { recursive: true });

@@ -47,6 +47,10 @@ export interface EngineOptions {
   dirtyMaps?: ReadonlyMap<string, DirtyMap>;
   /** A copy that has not answered within this time is treated as failed. */
   replicaTimeoutMs: number;
+  /** Called once when a copy refuses our epoch: another node owns the volume now. */
+  onFenced?: (reason: string) => void;
+  /** Cap on rebuild copying, to leave the disks and network to the application (0: no cap). */
+  rebuildBytesPerSecond?: number;
   logger: Logger;
 }
 
@@ -255,9 +259,14 @@ export class VolumeEngine implements NbdBackend {
     this.rebuilds.set(target.id, progress);
     let copied = 0;
     try {
+      const rate = this.opts.rebuildBytesPerSecond ?? 0;
       for (const chunk of chunks) {
         copied += await this.copyChunk(replica, chunk.offset, chunk.length, clearTarget || mode === 'incremental');
         progress.doneBytes += chunk.length;
+        if (rate > 0) {
+          const ahead = (progress.doneBytes / rate) * 1000 - (Date.now() - progress.startedAt);
+          if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+        }
       }
       await this.withTimeout(replica, replica.channel.flush(replica.id, this.opts.epoch));
       await markInSync();
@@ -463,6 +472,7 @@ export class VolumeEngine implements NbdBackend {
     if (this.fenced) return;
     this.fenced = reason;
     this.opts.logger.error({ volume: this.opts.volume, reason }, 'engine fenced: this node no longer owns the volume');
+    this.opts.onFenced?.(reason);
   }
 
   private checkUsable(): void {

@@ -30,6 +30,7 @@ export interface HostOptions {
   /** Directory for the NBD sockets. */
   socketDir: string;
   replicaTimeoutMs: number;
+  rebuildBytesPerSecond: number;
   /** In-process channel to this node's own replicas. */
   localChannel: () => ReplicaOps;
   logger: Logger;
@@ -312,12 +313,18 @@ export class VolumeHost {
       const json = await getJson<DirtyMapJson>(this.opts.etcd, keys.dirty(vol.name, r.id));
       if (json) dirtyMaps.set(r.id, DirtyMap.fromJSON(json));
     }
+    let self_: Attached | undefined;
     const engine = new VolumeEngine({
+      // Fenced by a copy: another node owns the volume, whatever etcd told us so far. Drop it here.
+      onFenced: () => {
+        if (self_) void this.serial(vol.name, () => this.stopLocal(vol.name, self_));
+      },
       volume: vol.name,
       size: vol.sizeBytes,
       epoch: vol.epoch,
       replicas,
       replicaTimeoutMs: this.opts.replicaTimeoutMs,
+      rebuildBytesPerSecond: this.opts.rebuildBytesPerSecond,
       markStale: (ids) => this.markStale(vol.name, vol.epoch, ids),
       persistDirty: async (replicaId, map) => {
         await this.opts.etcd.put(keys.dirty(vol.name, replicaId)).value(JSON.stringify(map.toJSON()));
@@ -336,7 +343,8 @@ export class VolumeHost {
         logger: this.opts.logger.child({ component: 'nbd', volume: vol.name }),
       });
       await nbd.listen();
-      this.attached.set(vol.name, { engine, nbd, socketPath, epoch: vol.epoch, vdisk: vol.vdisk, rebuilding: new Set() });
+      self_ = { engine, nbd, socketPath, epoch: vol.epoch, vdisk: vol.vdisk, rebuilding: new Set() };
+      this.attached.set(vol.name, self_);
       this.onVolumeRecord(vol);
     } catch (err) {
       await engine.close();

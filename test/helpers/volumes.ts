@@ -1,4 +1,8 @@
 // Volume helpers for cluster tests: info, attach, and connecting an NBD client.
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import path from 'node:path';
 import type { VolumeRecord } from '../../src/core/types';
 import type { LocalCluster } from './local-cluster';
 import { SimpleNbdClient } from './nbd-simple-client';
@@ -36,4 +40,65 @@ export function health(v: VolumeInfo, nodes: Array<{ id: string; status: string 
     local: v.owner !== null && inSync.some((r) => r.nodeId === v.owner),
     states: v.replicas.map((r) => `${r.nodeName}:${r.state}`).join(' '),
   };
+}
+
+/** The image file of a copy, wherever it lives in the local cluster. */
+export function replicaFile(cluster: LocalCluster, replicaId: string): string {
+  const nodesDir = path.join(cluster.dir, 'nodes');
+  for (const node of readdirSync(nodesDir)) {
+    const drives = path.join(nodesDir, node, 'drives');
+    if (!existsSync(drives)) continue;
+    for (const d of readdirSync(drives)) {
+      const file = path.join(drives, d, 'replicas', `${replicaId}.img`);
+      if (existsSync(file)) return file;
+    }
+  }
+  throw new Error(`no image file for copy ${replicaId}`);
+}
+
+/** Whether a file contains the byte string `needle` anywhere. */
+export async function fileContains(file: string, needle: Buffer): Promise<boolean> {
+  const fh = await open(file, 'r');
+  try {
+    const chunk = Buffer.alloc(4 * 1024 * 1024);
+    let carry = Buffer.alloc(0);
+    for (let pos = 0; ; ) {
+      const { bytesRead } = await fh.read(chunk, 0, chunk.length, pos);
+      if (bytesRead === 0) return false;
+      const hay = Buffer.concat([carry, chunk.subarray(0, bytesRead)]);
+      if (hay.includes(needle)) return true;
+      carry = hay.subarray(Math.max(0, hay.length - needle.length + 1));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Whether an NBD export answers on this socket. */
+export async function canConnect(socket: string, name: string): Promise<boolean> {
+  try {
+    (await SimpleNbdClient.connect(socket, name)).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** sha256 of a whole file. */
+export async function sha256Of(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  const fh = await open(file, 'r');
+  try {
+    const chunk = Buffer.alloc(4 * 1024 * 1024);
+    for (let pos = 0; ; ) {
+      const { bytesRead } = await fh.read(chunk, 0, chunk.length, pos);
+      if (bytesRead === 0) break;
+      hash.update(chunk.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  return hash.digest('hex');
 }

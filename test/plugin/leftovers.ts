@@ -1,0 +1,57 @@
+// What an attachment can leave on the host — loop devices, mounts (the
+// filesystem and nbdfuse's FUSE mount) and nbdfuse processes — found by the
+// directory they live under, so tests can assert there are none and clean
+// up by PID and path whatever a failed test left.
+import { readdirSync, readFileSync } from 'node:fs';
+import { readMounts } from '../../src/attach/mounts';
+import { runTool } from '../../src/attach/run';
+
+export interface Leftovers {
+  loops: string[];
+  mounts: string[];
+  processes: number[];
+}
+
+async function loopsUnder(root: string): Promise<string[]> {
+  const res = await runTool('losetup', ['--json', '--list', '-O', 'NAME,BACK-FILE']);
+  if (res.code !== 0 || !res.stdout.trim()) return [];
+  const devices = (JSON.parse(res.stdout) as { loopdevices?: Array<{ name: string; 'back-file'?: string }> }).loopdevices ?? [];
+  return devices.filter((d) => (d['back-file'] ?? '').includes(root)).map((d) => d.name);
+}
+
+function nbdfuseProcessesUnder(root: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z') continue;
+      if (argv.some((a) => a.endsWith('nbdfuse')) && argv.some((a) => a.includes(root))) pids.push(Number(entry));
+    } catch {
+      // the process exited while we looked
+    }
+  }
+  return pids;
+}
+
+export async function findLeftovers(root: string): Promise<Leftovers> {
+  const mounts = (await readMounts()).filter((m) => m.mountpoint.startsWith(root)).map((m) => `${m.mountpoint} (${m.fstype})`);
+  return { loops: await loopsUnder(root), mounts, processes: nbdfuseProcessesUnder(root) };
+}
+
+/** Remove everything found under `root`: filesystems first, then loop devices, then nbdfuse (by PID) and its mounts. */
+export async function sweepLeftovers(root: string): Promise<void> {
+  const mountpoints = (await readMounts()).filter((m) => m.mountpoint.startsWith(root) && m.fstype !== 'fuse').map((m) => m.mountpoint);
+  for (const mp of mountpoints.sort().reverse()) await runTool('umount', ['-l', mp]);
+  for (const dev of await loopsUnder(root)) await runTool('losetup', ['-d', dev]);
+  for (const pid of nbdfuseProcessesUnder(root)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  const fuse = (await readMounts()).filter((m) => m.mountpoint.startsWith(root)).map((m) => m.mountpoint);
+  for (const mp of fuse.sort().reverse()) await runTool('umount', ['-l', mp]);
+}
