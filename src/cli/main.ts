@@ -24,6 +24,7 @@ import {
   clusterUp,
   type NodeAction,
 } from '../cluster/launcher';
+import { runDemo } from '../cluster/demo';
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -289,6 +290,10 @@ export function buildProgram(): Command {
     .action(async (o: { dir: string }) => {
       for (const p of await clusterProcesses(o.dir)) print(`${p.name.padEnd(8)}${String(p.pid ?? '-').padEnd(10)}${p.state}`);
     });
+  cluster
+    .command('demo')
+    .description("tell the seed's story on a fresh local 4-node cluster, then stop it")
+    .action(async () => runDemo({ out: print }));
   const nodeActions: Array<[NodeAction, string]> = [
     ['kill', 'SIGKILL a node, as a power loss'],
     ['pause', 'SIGSTOP a node (it freezes, its lease runs out)'],

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
 import { NetCut } from '../helpers/netcut';
 import { ETCD_NODE_PORT_BASE } from '../../src/cluster/launcher';
-import { recordBytes, RecordWriter, verifyRecords } from '../helpers/record-writer';
+import { recordBytes, RecordWriter, verifyRecords } from '../../src/cluster/record-writer';
 import { attachAndConnect, canConnect, cliOk, fileContains, replicaFile, socketOf, volumeInfo } from '../helpers/volumes';
 
 const IP_PREFIX = '127.0.25.';

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
-import { RecordWriter, verifyRecords, RECORD_SIZE } from '../helpers/record-writer';
+import { RecordWriter, verifyRecords, RECORD_SIZE } from '../../src/cluster/record-writer';
 import { attachAndConnect, cliOk, replicaFile, sha256Of, volumeInfo } from '../helpers/volumes';
 
 const IP_PREFIX = '127.0.26.';

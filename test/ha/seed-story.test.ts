@@ -6,7 +6,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
-import { RecordWriter, verifyRecords } from '../helpers/record-writer';
+import { RecordWriter, verifyRecords } from '../../src/cluster/record-writer';
 import { attachAndConnect, cliOk, health, volumeInfo } from '../helpers/volumes';
 
 const IP_PREFIX = '127.0.23.';

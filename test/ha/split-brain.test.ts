@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
-import { recordBytes, RecordWriter, verifyRecords, RECORD_SIZE } from '../helpers/record-writer';
+import { recordBytes, RecordWriter, verifyRecords, RECORD_SIZE } from '../../src/cluster/record-writer';
 import { attachAndConnect, canConnect, cliOk, fileContains, replicaFile, socketOf, volumeInfo } from '../helpers/volumes';
 
 const IP_PREFIX = '127.0.24.';

@@ -5,7 +5,7 @@ import { open } from 'node:fs/promises';
 import path from 'node:path';
 import type { VolumeRecord } from '../../src/core/types';
 import type { LocalCluster } from './local-cluster';
-import { SimpleNbdClient } from './nbd-simple-client';
+import { SimpleNbdClient } from '../../src/nbd/client';
 
 export type VolumeInfo = Omit<VolumeRecord, 'replicas'> & { ownerName: string | null; replicas: Array<VolumeRecord['replicas'][number] & { nodeName: string; allocatedBytes: number | null }> };
 

@@ -1,8 +1,8 @@
-// An application stand-in for the HA tests: writes numbered 4 KiB records
+// An application stand-in for the demo and the HA tests: writes numbered 4 KiB records
 // with FUA through NBD, a few in flight, and remembers exactly which were
 // acknowledged. `verify` later reads them back and checks every byte.
 import { createHash } from 'node:crypto';
-import { SimpleNbdClient } from './nbd-simple-client';
+import type { SimpleNbdClient } from '../nbd/client';
 
 export const RECORD_SIZE = 4096;
 

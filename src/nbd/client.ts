@@ -1,6 +1,6 @@
-// A small NBD client for tests that act as an application: fixed newstyle
-// handshake with NBD_OPT_GO, simple replies, pipelined requests. Used by the
-// HA tests' writers, which must see exactly which writes were acknowledged.
+// A small NBD client: fixed newstyle handshake with NBD_OPT_GO, simple
+// replies, pipelined requests. It stands in for an application in the demo
+// and the HA tests, which must see exactly which writes were acknowledged.
 import net from 'node:net';
 
 const NBDMAGIC = 0x4e42444d41474943n;
