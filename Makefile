@@ -53,6 +53,7 @@ demo: deps build
 
 bench: deps build
 	node dist/bench/run.js
+	node dist/bench/ha.js
 
 clean:
 	rm -rf dist build

@@ -2,7 +2,7 @@
 // point, and back. Every step is recorded (state.ts) as soon as it is done,
 // and `detachFilesystem` undoes whatever a state holds, so a failure at any
 // step, or a crash of the agent, leaves nothing behind once it has run.
-import { mkdir, rmdir } from 'node:fs/promises';
+import { mkdir, realpath, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Filesystem } from '../core/types';
 import { errorMessage } from '../util/errors';
@@ -10,7 +10,7 @@ import { silentLogger, type Logger } from '../util/log';
 import { checkFilesystem, ensureFilesystem, mountFilesystem, unmountFilesystem } from './filesystem';
 import { mountAt } from './mounts';
 import { connectKernelNbd, disconnectKernelNbd, kernelNbdAvailable } from './nbd-kernel';
-import { attachLoop, detachLoop, nbdfuseFile, startNbdfuse, stopNbdfuse } from './nbdfuse';
+import { attachLoop, detachLoop, nbdfuseFile, startNbdfuse, stopNbdfuse, sweepUnrecordedLoops } from './nbdfuse';
 import { loadAttachState, loadAttachStates, removeAttachState, saveAttachState, type AttachMethod, type AttachState } from './state';
 
 export type { AttachMethod, AttachState } from './state';
@@ -38,6 +38,8 @@ export interface MountedVolume extends AttachState {
   device: string;
   mountpoint: string;
 }
+
+const nbdfuseDir = (workDir: string): string => path.join(workDir, 'nbdfuse');
 
 export function chooseAttachMethod(): AttachMethod {
   return kernelNbdAvailable() ? 'nbd-kernel' : 'nbdfuse-loop';
@@ -67,7 +69,7 @@ export async function attachFilesystem(req: AttachRequest): Promise<MountedVolum
       state.nbdDevice = await connectKernelNbd(req.uri);
       state.device = state.nbdDevice;
     } else {
-      const proc = await startNbdfuse(path.join(req.workDir, 'nbdfuse'), req.name, req.uri, req.sizeBytes, async (p) => {
+      const proc = await startNbdfuse(nbdfuseDir(req.workDir), req.name, req.uri, req.sizeBytes, async (p) => {
         state.nbdfuse = p;
         await saveAttachState(state);
       });
@@ -76,8 +78,9 @@ export async function attachFilesystem(req: AttachRequest): Promise<MountedVolum
     }
     await saveAttachState(state);
 
-    const mountpoint = path.join(req.mountRoot ?? DEFAULT_MOUNT_ROOT, req.name);
-    await mkdir(mountpoint, { recursive: true });
+    await mkdir(path.join(req.mountRoot ?? DEFAULT_MOUNT_ROOT, req.name), { recursive: true });
+    // Canonical, as /proc/self/mountinfo shows it (the mount root may be relative or behind a symlink).
+    const mountpoint = await realpath(path.join(req.mountRoot ?? DEFAULT_MOUNT_ROOT, req.name));
     state.mountpoint = mountpoint;
     await saveAttachState(state);
     const fs = await ensureFilesystem(req.name, state.device, req.filesystem, logger);
@@ -163,5 +166,6 @@ export async function cleanupAttachments(workDir: string, logger: Logger = silen
       logger.error({ volume: state.name, err: errorMessage(err) }, 'could not take down an attachment left by a previous agent');
     }
   }
+  await sweepUnrecordedLoops(nbdfuseDir(workDir), logger);
   return done;
 }

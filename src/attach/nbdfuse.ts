@@ -9,7 +9,7 @@
 // under a mounted filesystem before the agent has unmounted it in order.
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { isOurProcess, waitForExit } from '../cluster/processes';
 import type { Logger } from '../util/log';
@@ -37,8 +37,10 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * as the PID is known, so the caller can record it before anything else can fail.
  */
 export async function startNbdfuse(baseDir: string, name: string, uri: string, sizeBytes: number, onStarted: (p: NbdfuseProcess) => Promise<void>): Promise<NbdfuseProcess> {
-  const proc: NbdfuseProcess = { pid: 0, dir: path.join(baseDir, name), pidFile: path.join(baseDir, `${name}.pid`), logFile: path.join(baseDir, `${name}.log`) };
-  await mkdir(proc.dir, { recursive: true });
+  await mkdir(path.join(baseDir, name), { recursive: true });
+  // The canonical path: it is what /proc/self/mountinfo and the loop device's sysfs entry show.
+  const base = await realpath(baseDir);
+  const proc: NbdfuseProcess = { pid: 0, dir: path.join(base, name), pidFile: path.join(base, `${name}.pid`), logFile: path.join(base, `${name}.log`) };
   if (await mountAt(proc.dir)) throw new Error(`${proc.dir} is already mounted; an earlier attachment of ${name} was not cleaned up`);
   await rm(proc.pidFile, { force: true });
   const log = openSync(proc.logFile, 'w');
@@ -107,27 +109,50 @@ export async function stopNbdfuse(proc: NbdfuseProcess, logger: Logger): Promise
   await rm(proc.logFile, { force: true });
 }
 
-interface LoopInfo {
-  name: string;
-  'back-maj:min'?: string;
-  'back-ino'?: number | string;
-}
-
-/** "MAJ:MIN:INODE" of the file behind a loop device, or undefined when the device is not bound. */
-async function loopBacking(device: string): Promise<string | undefined> {
-  const res = await runTool('losetup', ['--json', '--list', '-O', 'NAME,BACK-MAJ:MIN,BACK-INO', device], 10_000);
-  if (res.code !== 0 || !res.stdout.trim()) return undefined;
-  const info = (JSON.parse(res.stdout) as { loopdevices?: LoopInfo[] }).loopdevices?.[0];
-  if (!info?.['back-maj:min']) return undefined;
-  return `${info['back-maj:min'].trim()}:${String(info['back-ino']).trim()}`;
+/**
+ * The file behind a loop device, from sysfs, or undefined when the device is
+ * not bound. Not from `losetup --list`: its ioctl stats the backing file,
+ * which fails once nbdfuse is dead — exactly when cleanup needs the answer.
+ * A FUSE mount detached lazily while the loop device held its file shows as
+ * "/nbd" (the path inside the detached mount).
+ */
+export async function loopBackingFile(device: string): Promise<string | undefined> {
+  const sys = `/sys/block/${path.basename(device)}/loop/backing_file`;
+  const text = await readFile(sys, 'utf8').catch(() => undefined);
+  return text?.trim() || undefined;
 }
 
 /** Bind a free loop device to `file`. Buffered I/O: direct I/O is not what a FUSE file is for. */
 export async function attachLoop(file: string): Promise<LoopDevice> {
   const device = (await mustRunTool('losetup', ['--find', '--show', '--direct-io=off', file], 30_000)).trim();
-  const backing = await loopBacking(device);
-  if (!backing) throw new Error(`losetup bound ${device} to ${file} but the binding is not visible`);
-  return { device, backing };
+  const backingFile = await loopBackingFile(device);
+  if (backingFile !== file) {
+    if (backingFile) await runTool('losetup', ['-d', device], 30_000);
+    throw new Error(`losetup bound ${device} to ${file} but sysfs shows ${backingFile ?? 'nothing'}`);
+  }
+  return { device, backingFile };
+}
+
+/**
+ * Free loop devices bound to nbdfuse files under `dir` that no attachment
+ * records (an agent that died between losetup and writing its state). Only
+ * for an agent's start, when no attachment of its own is live.
+ */
+export async function sweepUnrecordedLoops(dir: string, logger: Logger): Promise<void> {
+  const prefix = `${await realpath(dir).catch(() => dir)}/`;
+  const devices = await readdir('/sys/block').catch(() => [] as string[]);
+  for (const dev of devices.filter((d) => d.startsWith('loop'))) {
+    const backing = await loopBackingFile(`/dev/${dev}`);
+    if (!backing?.startsWith(prefix)) continue;
+    logger.warn({ device: `/dev/${dev}`, backing }, 'freeing a loop device no attachment records');
+    await runTool('losetup', ['-d', `/dev/${dev}`], 30_000);
+  }
+}
+
+/** Still bound to our nbdfuse file — also when that FUSE mount was detached lazily (then it is dead, and ours to free). */
+async function boundToUs(loop: LoopDevice): Promise<boolean> {
+  const now = await loopBackingFile(loop.device);
+  return now === loop.backingFile || (now === `/${path.basename(loop.backingFile)}` && !(await mountAt(path.dirname(loop.backingFile))));
 }
 
 /**
@@ -136,10 +161,10 @@ export async function attachLoop(file: string): Promise<LoopDevice> {
  * e.g. a filesystem that had to be unmounted lazily).
  */
 export async function detachLoop(loop: LoopDevice): Promise<boolean> {
-  if ((await loopBacking(loop.device)) !== loop.backing) return true;
+  if (!(await boundToUs(loop))) return true;
   await mustRunTool('losetup', ['-d', loop.device], 30_000);
   for (let i = 0; i < 50; i++) {
-    if ((await loopBacking(loop.device)) !== loop.backing) return true;
+    if (!(await boundToUs(loop))) return true;
     await sleep(100);
   }
   return false;

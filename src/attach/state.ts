@@ -18,8 +18,8 @@ export interface NbdfuseProcess {
 
 export interface LoopDevice {
   device: string;
-  /** "MAJ:MIN:INODE" of the backing file, so a loop device number reused by someone else is never detached. */
-  backing: string;
+  /** The file it was bound to (as sysfs shows it), so a loop device number reused by someone else is never detached. */
+  backingFile: string;
 }
 
 export interface AttachState {

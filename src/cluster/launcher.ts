@@ -11,6 +11,10 @@ import { caPaths, ensureCa, issueCert } from '../security/pki';
 import { connectEtcd } from '../store/etcd';
 import { listNodes } from '../store/nodes';
 import { UserError } from '../util/errors';
+import { run } from '../util/exec';
+import { silentLogger } from '../util/log';
+import { readMounts } from '../attach/mounts';
+import { sweepUnrecordedLoops } from '../attach/nbdfuse';
 import { isOurProcess, processState, signalGroup, startDaemon, stopDaemon, waitForExit } from './processes';
 import { readState, writeState, type LocalClusterState, type LocalNode } from './state';
 
@@ -242,6 +246,8 @@ export async function clusterDown(opts: { dir: string; wipe: boolean }): Promise
     await stopDaemon(state.etcd.pid, state.etcd.dataDir);
     stopped.push('etcd');
   }
+  // Mounts and loop devices a killed agent left under the cluster's directory.
+  await releaseMountsUnder(dir);
   if (opts.wipe) {
     await rm(dir, { recursive: true, force: true });
   } else {
@@ -251,6 +257,16 @@ export async function clusterDown(opts: { dir: string; wipe: boolean }): Promise
   }
   if (stopped.length === 0 && !opts.wipe) throw new UserError(`the cluster in ${dir} was not running: nothing to stop`);
   return { stopped: stopped.sort(), wiped: opts.wipe };
+}
+
+/** Unmount (deepest first) whatever is mounted under `dir`, then free loop devices backed by files there. */
+async function releaseMountsUnder(dir: string): Promise<void> {
+  const prefix = `${dir}/`;
+  const mounts = (await readMounts().catch(() => [])).filter((m) => m.mountpoint.startsWith(prefix));
+  for (const m of mounts.sort((a, b) => b.mountpoint.length - a.mountpoint.length)) {
+    await run('umount', ['-l', m.mountpoint]).catch(() => undefined);
+  }
+  await sweepUnrecordedLoops(dir, silentLogger).catch(() => undefined);
 }
 
 export type NodeAction = 'kill' | 'pause' | 'resume' | 'start' | 'stop';

@@ -76,6 +76,7 @@ export interface RebuildProgress {
 const REBUILD_CHUNK = 4 * 1024 * 1024;
 /** Largest piece read or written at once while copying. */
 const COPY_PIECE = 1024 * 1024;
+const REBUILD_PARALLEL_CHUNKS = 4;
 
 const MIN_BLOCK = 512;
 const MAX_PAYLOAD = 32 * 1024 * 1024;
@@ -260,14 +261,22 @@ export class VolumeEngine implements NbdBackend {
     let copied = 0;
     try {
       const rate = this.opts.rebuildBytesPerSecond ?? 0;
-      for (const chunk of chunks) {
-        copied += await this.copyChunk(replica, chunk.offset, chunk.length, clearTarget || mode === 'incremental');
-        progress.doneBytes += chunk.length;
-        if (rate > 0) {
-          const ahead = (progress.doneBytes / rate) * 1000 - (Date.now() - progress.startedAt);
-          if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+      // A few chunks in flight at once: copying is bound by round trips, not bandwidth.
+      let nextChunk = 0;
+      const worker = async (): Promise<void> => {
+        while (nextChunk < chunks.length) {
+          const chunk = chunks[nextChunk++];
+          // Not `copied += await …`: that reads `copied` before the await and loses the other workers' bytes.
+          const n = await this.copyChunk(replica, chunk.offset, chunk.length, clearTarget || mode === 'incremental');
+          copied += n;
+          progress.doneBytes += chunk.length;
+          if (rate > 0) {
+            const ahead = (progress.doneBytes / rate) * 1000 - (Date.now() - progress.startedAt);
+            if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+          }
         }
-      }
+      };
+      await Promise.all(Array.from({ length: REBUILD_PARALLEL_CHUNKS }, worker));
       await this.withTimeout(replica, replica.channel.flush(replica.id, this.opts.epoch));
       await markInSync();
       replica.state = 'in-sync';
@@ -314,12 +323,17 @@ export class VolumeEngine implements NbdBackend {
             const end = Math.min(e.offset + e.length, offset + length);
             if (end <= start) continue;
             if (clearHoles && start > pos) await this.onTarget(target, target.channel.trim(target.id, this.opts.epoch, pos, start - pos));
+            const pieces: Array<Promise<void>> = [];
             for (let p = start; p < end; p += COPY_PIECE) {
               const n = Math.min(COPY_PIECE, end - p);
-              const data = await this.withTimeout(source, source.channel.read(source.id, this.opts.epoch, p, n));
-              await this.onTarget(target, target.channel.write(target.id, this.opts.epoch, p, data));
+              pieces.push(
+                this.withTimeout(source, source.channel.read(source.id, this.opts.epoch, p, n)).then((data) =>
+                  this.onTarget(target, target.channel.write(target.id, this.opts.epoch, p, data)),
+                ),
+              );
               copied += n;
             }
+            await Promise.all(pieces);
             pos = end;
           }
           if (clearHoles && pos < offset + length) await this.onTarget(target, target.channel.trim(target.id, this.opts.epoch, pos, offset + length - pos));

@@ -102,6 +102,8 @@ export class VolumeHost {
   }
 
   private onNodeRecord(node: NodeRecord): void {
+    // A node back: its stale copies can be resynced now.
+    if (node.status === 'normal') void this.reconcileAll();
     if (node.status !== 'maintenance') return;
     for (const [name, a] of this.attached) {
       const ids = a.engine.replicaStates().filter((r) => r.nodeId === node.id && r.state !== 'stale').map((r) => r.id);

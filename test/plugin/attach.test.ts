@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -134,7 +134,19 @@ describe('attach: NBD export → block device → filesystem → mount', () => {
     process.kill(vol.nbdfuse!.pid, 'SIGKILL');
     await eventually('nbdfuse to die', async () => (await findLeftovers(root)).processes.length === 0, 5000, 50);
     assert.ok((await findLeftovers(root)).mounts.length > 0, 'the dead mounts are still there before cleanup');
+    // Past FUSE's attribute cache (1 s), anything that stats the dead file fails, as after a real crash.
+    await new Promise((r) => setTimeout(r, 1500));
     assert.deepEqual(await cleanupAttachments(path.join(root, 'work')), ['c1']);
+    await assertClean();
+  });
+
+  test('a mount root and work directory behind a symlink are found again at detach', async () => {
+    const uri = await nbdkit('s1', ['memory', '256M']);
+    const link = path.join(root, 'link');
+    await symlink(root, link);
+    const vol = await attachFilesystem({ ...req('s1', uri, 256 * MiB, 'ext4'), mountRoot: path.join(link, 'mnt'), workDir: path.join(link, 'work') });
+    assert.equal(vol.mountpoint, path.join(root, 'mnt', 's1'), 'the canonical path, as the mount table shows it');
+    await detachFilesystem(vol);
     await assertClean();
   });
 

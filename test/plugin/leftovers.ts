@@ -4,6 +4,7 @@
 // up by PID and path whatever a failed test left.
 import { readdirSync, readFileSync } from 'node:fs';
 import { readMounts } from '../../src/attach/mounts';
+import { loopBackingFile } from '../../src/attach/nbdfuse';
 import { runTool } from '../../src/attach/run';
 
 export interface Leftovers {
@@ -12,11 +13,18 @@ export interface Leftovers {
   processes: number[];
 }
 
+/**
+ * Loop devices bound to a file under `root`, read from sysfs (losetup's ioctl
+ * fails once nbdfuse is dead). "/nbd" is a loop device whose nbdfuse mount
+ * was detached under it: only an attachment can leave that, so it counts too.
+ */
 async function loopsUnder(root: string): Promise<string[]> {
-  const res = await runTool('losetup', ['--json', '--list', '-O', 'NAME,BACK-FILE']);
-  if (res.code !== 0 || !res.stdout.trim()) return [];
-  const devices = (JSON.parse(res.stdout) as { loopdevices?: Array<{ name: string; 'back-file'?: string }> }).loopdevices ?? [];
-  return devices.filter((d) => (d['back-file'] ?? '').includes(root)).map((d) => d.name);
+  const found: string[] = [];
+  for (const dev of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    const backing = await loopBackingFile(`/dev/${dev}`);
+    if (backing && (backing.startsWith(root) || backing === '/nbd')) found.push(`/dev/${dev}`);
+  }
+  return found;
 }
 
 function nbdfuseProcessesUnder(root: string): number[] {
