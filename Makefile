@@ -2,9 +2,9 @@
 # Both install what they need on a Debian 12 machine (run as root).
 
 SHELL := /bin/bash
-APT_PACKAGES := etcd-server etcd-client libnbd-bin nbdkit fio qemu-utils openssl e2fsprogs xfsprogs iproute2 util-linux
+APT_PACKAGES := etcd-server etcd-client libnbd-bin nbdkit fio qemu-utils openssl e2fsprogs xfsprogs iproute2 util-linux nftables
 # Commands that tell whether the apt packages above are present.
-APT_PROBES := etcd etcdctl nbdinfo nbdcopy nbdkit fio qemu-img openssl mkfs.ext4 mkfs.xfs ip fallocate
+APT_PROBES := etcd etcdctl nbdinfo nbdcopy nbdfuse nbdkit fio qemu-img openssl mkfs.ext4 mkfs.xfs ip fallocate nft losetup blkid
 NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
 
 .PHONY: all deps apt-deps npm-deps build native lint typecheck test test-unit test-integration demo bench clean
