@@ -38,6 +38,22 @@ function isHealthy(r: ReplicaRecord, nodes: ReadonlyMap<string, NodeRecord>): bo
   return (r.state === 'in-sync' || r.state === 'rebuilding') && nodes.get(r.nodeId)?.status !== 'maintenance';
 }
 
+/**
+ * Copies on down nodes become stale — unless that would leave no in-sync copy
+ * on a live node: then they all keep their state, since they still hold every
+ * acknowledged write, and the volume waits for one of their nodes to return.
+ */
+function markDownStale(
+  replicas: readonly ReplicaRecord[],
+  down: (nodeId: string) => boolean,
+  now: string,
+  needsFullCopy: (r: ReplicaRecord) => boolean,
+): ReplicaRecord[] {
+  const survivors = replicas.filter((r) => r.state === 'in-sync' && !down(r.nodeId));
+  if (survivors.length === 0) return [...replicas];
+  return replicas.map((r) => (r.state !== 'stale' && down(r.nodeId) ? { ...r, state: 'stale', staleSince: now, fullResync: needsFullCopy(r) || r.fullResync } : r));
+}
+
 export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
   const nodes = new Map(input.nodes.map((n) => [n.id, n]));
   const changes: VolumeChange[] = [];
@@ -61,9 +77,7 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
         owner: null,
         attachment: null,
         epoch: v.epoch + 1,
-        replicas: v.replicas.map((r) =>
-          r.state !== 'stale' && down(r.nodeId) ? { ...r, state: 'stale', staleSince: now, fullResync: r.nodeId === owner || r.state === 'rebuilding' } : r,
-        ),
+        replicas: markDownStale(v.replicas, down, now, (r) => r.nodeId === owner || r.state === 'rebuilding'),
       };
       changes.push({
         kind: 'failover', volume: v.name, before: v, after,
@@ -76,13 +90,13 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
     // 2. Not attached: nobody writes, so copies on dead nodes can be marked stale here.
     //    (An attached volume's engine marks its own copies, as it must record what they miss.)
     if (!v.owner && v.replicas.some((r) => r.state !== 'stale' && down(r.nodeId))) {
-      const after: VolumeRecord = {
-        ...v,
-        replicas: v.replicas.map((r) => (r.state !== 'stale' && down(r.nodeId) ? { ...r, state: 'stale', staleSince: now, fullResync: r.state === 'rebuilding' } : r)),
-      };
-      changes.push({ kind: 'mark-stale', volume: v.name, before: v, after, events: [] });
-      current[i] = after;
-      continue;
+      const replicas = markDownStale(v.replicas, down, now, (r) => r.state === 'rebuilding');
+      if (JSON.stringify(replicas) !== JSON.stringify(v.replicas)) {
+        const after: VolumeRecord = { ...v, replicas };
+        changes.push({ kind: 'mark-stale', volume: v.name, before: v, after, events: [] });
+        current[i] = after;
+        continue;
+      }
     }
 
     // 2b. Not attached but a copy was half rebuilt (its owner detached or died):
