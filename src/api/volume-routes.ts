@@ -6,12 +6,24 @@ import type { Etcd3 } from 'etcd3';
 import { parseProfile, VOLUME_OPTION_KEYS, type VolumeOptions } from '../core/profiles';
 import type { NodeRecord, VolumeRecord } from '../core/types';
 import { findNodeByName, listNodes } from '../store/nodes';
+import { getJson } from '../store/etcd';
+import { keys } from '../store/keys';
 import { deleteProfile, findProfile, listProfiles, listVolumes, putProfile, requireVolume } from '../store/volumes';
 import { NotFoundError, UserError } from '../util/errors';
 import type { VolumeHost } from '../volumes/host';
 import { createVolume, growVolume, removeVolume, type LifecycleDeps } from '../volumes/lifecycle';
 import { withReplicaClient } from '../volumes/replica-links';
 import type { PeerClient } from './peer';
+
+export interface RebuildProgressView {
+  replicaId: string;
+  mode: 'full' | 'incremental';
+  totalBytes: number;
+  doneBytes: number;
+  percent: number;
+  bytesPerSecond: number;
+  secondsLeft: number | null;
+}
 
 export interface VolumeRouteContext {
   etcd: Etcd3;
@@ -52,7 +64,13 @@ export function registerVolumeRoutes(app: FastifyInstance<Server>, ctx: VolumeRo
       }),
     );
     const owner = nodes.find((n) => n.id === vol.owner);
-    return { ...vol, ownerName: owner?.name ?? null, replicas };
+    // Rebuild progress, kept in etcd by the owner while copies are rebuilt.
+    const progress = (await getJson<RebuildProgressView[]>(ctx.etcd, keys.progress(vol.name))) ?? [];
+    return {
+      ...vol,
+      ownerName: owner?.name ?? null,
+      replicas: replicas.map((r) => ({ ...r, rebuild: progress.find((p) => p.replicaId === r.id) ?? null })),
+    };
   });
 
   app.post('/v1/volumes', async (req, reply) => {

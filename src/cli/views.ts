@@ -67,10 +67,22 @@ export function clusterDetail(s: ClusterSummary): string {
 
 // ---- volumes
 
-export type VolumeView = VolumeRecord & {
+export type VolumeView = Omit<VolumeRecord, 'replicas'> & {
   ownerName?: string | null;
-  replicas: Array<VolumeRecord['replicas'][number] & { nodeName?: string; allocatedBytes?: number | null }>;
+  replicas: Array<
+    VolumeRecord['replicas'][number] & {
+      nodeName?: string;
+      allocatedBytes?: number | null;
+      rebuild?: { mode: string; percent: number; bytesPerSecond: number; secondsLeft: number | null } | null;
+    }
+  >;
 };
+
+function rebuildText(r: VolumeView['replicas'][number]): string {
+  if (!r.rebuild) return '';
+  const left = r.rebuild.secondsLeft === null ? '?' : `${Math.ceil(r.rebuild.secondsLeft)}s`;
+  return ` (${r.rebuild.mode} ${r.rebuild.percent.toFixed(0)}%, ${formatSize(r.rebuild.bytesPerSecond)}/s, ${left} left)`;
+}
 
 /** `cio volume ls` shows where each volume is attached; NODENAME is "-" for a volume attached nowhere. */
 export function volumeTable(volumes: readonly VolumeRecord[], nodes: readonly NodeRecord[]): string {
@@ -111,8 +123,8 @@ export function volumeDetail(v: VolumeView): string {
       { header: 'NODE', width: 10, value: (r) => r.nodeName ?? r.nodeId },
       { header: 'NODE_ID', width: 10, value: (r) => r.nodeId },
       { header: 'DRIVE', width: 7, value: (r) => r.driveId },
-      { header: 'STATE', width: 12, value: (r) => r.state },
-      { header: 'ALLOCATED', width: 0, value: (r) => (r.allocatedBytes === null || r.allocatedBytes === undefined ? '?' : formatSize(r.allocatedBytes)) },
+      { header: 'ALLOCATED', width: 11, value: (r) => (r.allocatedBytes === null || r.allocatedBytes === undefined ? '?' : formatSize(r.allocatedBytes)) },
+      { header: 'STATE', width: 0, value: (r) => `${r.state}${rebuildText(r)}` },
     ],
     v.replicas,
   );
