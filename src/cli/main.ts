@@ -5,6 +5,7 @@
 import '../util/quiet-warnings';
 import path from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
+import cliProgress from 'cli-progress';
 import type { ClusterSummary } from '../core/cluster-summary';
 import { formatEvent } from '../core/event-format';
 import type { ClusterEvent } from '../core/types';
@@ -46,6 +47,35 @@ function printJson(value: unknown): void {
 
 async function api(): Promise<ApiClient> {
   return new ApiClient(await loadClientConfig());
+}
+
+/** Progress bars, one per copy being rebuilt, until no rebuild is left. */
+async function watchRebuilds(fetch: () => Promise<VolumeView>): Promise<void> {
+  const bars = new cliProgress.MultiBar(
+    { format: ' {replica} {mode} [{bar}] {percentage}% | {rate}/s | {eta_formatted} left', hideCursor: true, clearOnComplete: false },
+    cliProgress.Presets.shades_classic,
+  );
+  const shown = new Map<string, cliProgress.SingleBar>();
+  try {
+    for (;;) {
+      const v = await fetch();
+      const running = v.replicas.filter((r) => r.state === 'rebuilding' || r.rebuild);
+      for (const r of running) {
+        const p = r.rebuild;
+        const payload = { replica: `${r.nodeName ?? r.nodeId}:${r.id}`, mode: p?.mode ?? 'waiting', rate: formatSize(p?.bytesPerSecond ?? 0) };
+        let bar = shown.get(r.id);
+        if (!bar) shown.set(r.id, (bar = bars.create(100, 0, payload)));
+        bar.update(Math.floor(p?.percent ?? 0), payload);
+      }
+      for (const [id, bar] of shown) {
+        if (!running.some((r) => r.id === id)) bar.update(100);
+      }
+      if (running.length === 0) return;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    bars.stop();
+  }
 }
 
 function defaultClusterDir(): string {
@@ -127,10 +157,14 @@ export function buildProgram(): Command {
     .command('info <name>')
     .description('one volume: owner, NBD URI, epoch, copies and their states')
     .option('--json', 'print JSON')
-    .action(async (name: string, o: { json?: boolean }) => {
-      const v = await (await api()).get<VolumeView>(`/v1/volumes/${encodeURIComponent(name)}`);
+    .option('--watch', 'show progress bars while copies are rebuilt, until they are done')
+    .action(async (name: string, o: { json?: boolean; watch?: boolean }) => {
+      const client = await api();
+      const path = `/v1/volumes/${encodeURIComponent(name)}`;
+      const v = await client.get<VolumeView>(path);
       if (o.json) printJson(v);
       else print(volumeDetail(v));
+      if (o.watch) await watchRebuilds(() => client.get<VolumeView>(path));
     });
   volume
     .command('rm <name>')
