@@ -4,7 +4,7 @@
 
 import type { Socket } from 'node:net';
 import type { Logger } from '../util/log';
-import { ByteQueue } from './byte-queue';
+import { ByteQueue } from '../util/byte-queue';
 import { Handshake, HandshakeViolation, type ExportCatalog, type HandshakeChannel } from './handshake';
 import { Transmission, type TransmissionStats } from './transmission';
 

@@ -3,11 +3,14 @@
 // of them (header and payload buffers go out without being concatenated).
 
 import type { Socket } from 'node:net';
+import { TurnCork } from '../util/turn-cork';
 
 export class ReplyWriter {
-  private corked = false;
+  private readonly cork: TurnCork;
 
-  constructor(private readonly socket: Socket) {}
+  constructor(private readonly socket: Socket) {
+    this.cork = new TurnCork(socket);
+  }
 
   /** Bytes accepted by `send` but not yet handed to the kernel. */
   get queuedBytes(): number {
@@ -24,11 +27,7 @@ export class ReplyWriter {
       flushed();
       return;
     }
-    if (!this.corked) {
-      this.corked = true;
-      socket.cork();
-      setImmediate(this.uncork);
-    }
+    this.cork.hold();
     const last = buffers.length - 1;
     for (let i = 0; i < last; i++) socket.write(buffers[i]);
     // The callback also fires (with an error) if the socket is destroyed first.
@@ -37,12 +36,6 @@ export class ReplyWriter {
 
   /** Push corked replies out now (before ending the socket). */
   flush(): void {
-    if (this.corked) this.uncork();
+    this.cork.release();
   }
-
-  private readonly uncork = (): void => {
-    if (!this.corked) return;
-    this.corked = false;
-    this.socket.uncork();
-  };
 }

@@ -15,7 +15,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../util/log';
 import { invariant } from '../util/errors';
 import { NbdError, type BlockStatusExtent, type NbdBackend } from './backend';
-import type { ByteQueue } from './byte-queue';
+import type { ByteQueue } from '../util/byte-queue';
 import { BASE_ALLOCATION_ID, Command, CommandFlag, Errno, isWireErrno, REQUEST_HEADER_SIZE } from './constants';
 import type { NegotiatedExport } from './handshake';
 import { blockStatusChunk, errorChunk, offsetDataChunkHeader, simpleReply } from './replies';

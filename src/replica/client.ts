@@ -17,7 +17,8 @@ import {
   newNonce,
   verifyServerProof,
 } from './auth';
-import { ByteQueue } from './bytequeue';
+import { ByteQueue } from '../util/byte-queue';
+import { TurnCork } from '../util/turn-cork';
 import { ReplicaOps, ReplicaRequestError, ReplicaConnectionError } from './ops';
 import { ReplyDecoder, encodeRequestHeader } from './codec';
 import { OP_NAMES, Op, type Reply, Status, statusName } from './protocol';
@@ -64,7 +65,7 @@ export class ReplicaClient extends ReplicaOps {
   private inFlight = 0; // bytes of requests sent and not answered
   private waitingBytes = 0; // bytes of requests queued in the client
   private socketClosed = false;
-  private corked = false;
+  private readonly cork: TurnCork;
   private closeError: ReplicaConnectionError | undefined;
   private readonly maxInFlightBytes: number;
   private readonly peer: string;
@@ -88,6 +89,7 @@ export class ReplicaClient extends ReplicaOps {
     leftover: ByteQueue,
   ) {
     super();
+    this.cork = new TurnCork(socket);
     this.maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES;
     this.peer = `${opts.host}:${opts.port}`;
     socket.setKeepAlive(true, 10_000);
@@ -164,16 +166,7 @@ export class ReplicaClient extends ReplicaOps {
   private transmit(header: Buffer, payload: Uint8Array | undefined, pending: Pending): void {
     this.inFlight += pending.cost;
     pending.sent = true;
-    // Requests issued in the same event-loop turn (every file
-    // callback of one poll phase, say) leave in one writev: fewer syscalls and wake-ups.
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
+    this.cork.hold();
     this.socket.write(header);
     if (payload && payload.length > 0) this.socket.write(payload);
   }

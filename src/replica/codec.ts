@@ -1,7 +1,7 @@
 // Encoding and incremental decoding of the frames described in protocol.ts.
 // Pure: no sockets here. Decoders are fed chunks and hand out whole frames.
 import { invariant } from '../util/errors';
-import { ByteQueue } from './bytequeue';
+import { ByteQueue } from '../util/byte-queue';
 import type { Extent } from './fsext';
 import {
   MAX_CONTROL_PAYLOAD,

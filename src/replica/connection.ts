@@ -8,7 +8,8 @@ import type net from 'node:net';
 import { invariant } from '../util/errors';
 import { type Logger } from '../util/log';
 import { AuthError, CLIENT_HELLO_SIZE, encodeServerHello, encodeServerProof, newNonce, verifyClientHello } from './auth';
-import { ByteQueue } from './bytequeue';
+import { ByteQueue } from '../util/byte-queue';
+import { TurnCork } from '../util/turn-cork';
 import { RequestDecoder, encodeReplyHeader } from './codec';
 import type { Dispatcher, Outcome } from './dispatch';
 import { Op, ProtocolError, type Request, Status } from './protocol';
@@ -34,7 +35,7 @@ export class ServerConnection {
   private inFlightRequests = 0;
   private awaitingDrain = false;
   private paused = false;
-  private corked = false;
+  private readonly cork: TurnCork;
   private idleWaiters: Array<() => void> = [];
 
   constructor(
@@ -43,7 +44,9 @@ export class ServerConnection {
     private readonly dispatcher: Dispatcher,
     private readonly logger: Logger,
     private readonly limits: ConnectionLimits,
-  ) {}
+  ) {
+    this.cork = new TurnCork(socket);
+  }
 
   start(): void {
     const s = this.socket;
@@ -158,16 +161,7 @@ export class ServerConnection {
   private sendReply(requestId: number, outcome: Outcome): void {
     const payload = outcome.payload;
     const header = encodeReplyHeader({ status: outcome.status, requestId, epoch: outcome.epoch, payloadLength: payload ? payload.length : 0 });
-    // Replies completing in the same event-loop turn (every file
-    // callback of one poll phase, say) leave in one writev: fewer syscalls and wake-ups.
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
+    this.cork.hold();
     let ok = this.socket.write(header);
     if (payload && payload.length > 0) ok = this.socket.write(payload);
     if (!ok) this.awaitingDrain = true;

@@ -1,7 +1,7 @@
 // A deliberately low-level NBD client for protocol tests: every message is
 // built and read by hand, so tests can also send what real clients never would.
 import * as net from 'node:net';
-import { ByteQueue } from '../../src/nbd/byte-queue';
+import { ByteQueue } from '../../src/util/byte-queue';
 
 export const NBD_MAGIC = 0x4e42444d41474943n;
 export const IHAVEOPT = 0x49484156454f5054n;

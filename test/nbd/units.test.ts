@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { backendGeometryProblems } from '../../src/nbd/backend';
-import { ByteQueue } from '../../src/nbd/byte-queue';
+import { ByteQueue } from '../../src/util/byte-queue';
 import { clipExtents } from '../../src/nbd/transmission';
 import { MemoryBackend } from '../helpers/nbd-fixtures';
 

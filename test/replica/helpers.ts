@@ -7,7 +7,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { CLIENT_HELLO_SIZE, SERVER_HELLO_SIZE, SERVER_PROOF_SIZE, decodeServerHello, encodeClientHello, newNonce, verifyServerProof } from '../../src/replica/auth';
-import { ByteQueue } from '../../src/replica/bytequeue';
+import { ByteQueue } from '../../src/util/byte-queue';
 import { ReplyDecoder } from '../../src/replica/codec';
 import type { Reply } from '../../src/replica/protocol';
 import { ReplicaServer } from '../../src/replica/server';

@@ -5,7 +5,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { encodeServerHello, encodeServerProof, newNonce, verifyClientHello, CLIENT_HELLO_SIZE } from '../../src/replica/auth';
-import { ByteQueue } from '../../src/replica/bytequeue';
+import { ByteQueue } from '../../src/util/byte-queue';
 import { ReplicaClient, ReplicaConnectionError, ReplicaRequestError } from '../../src/replica/client';
 import { RequestDecoder, encodeReplyHeader, encodeRequestHeader } from '../../src/replica/codec';
 import { MAX_IO_BYTES, Op, type RequestHeader, Status } from '../../src/replica/protocol';
