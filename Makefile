@@ -2,9 +2,9 @@
 # Both install what they need on a Debian 12 machine (run as root).
 
 SHELL := /bin/bash
-APT_PACKAGES := etcd-server etcd-client libnbd-bin nbdkit fio qemu-utils openssl e2fsprogs xfsprogs iproute2 util-linux nftables
+APT_PACKAGES := etcd-server etcd-client libnbd-bin nbdkit fio qemu-utils openssl e2fsprogs xfsprogs iproute2 util-linux nftables postgresql-15
 # Commands that tell whether the apt packages above are present.
-APT_PROBES := etcd etcdctl nbdinfo nbdcopy nbdfuse nbdkit fio qemu-img openssl mkfs.ext4 mkfs.xfs ip fallocate nft losetup blkid
+APT_PROBES := etcd etcdctl nbdinfo nbdcopy nbdfuse nbdkit fio qemu-img openssl mkfs.ext4 mkfs.xfs ip fallocate nft losetup blkid /usr/lib/postgresql/15/bin/postgres pgbench psql
 NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
 
 .PHONY: all deps apt-deps npm-deps build native lint typecheck test test-unit test-integration demo bench clean
@@ -18,6 +18,8 @@ apt-deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages (missing:$$missing)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
+	  mkdir -p /etc/postgresql-common; \
+	  [ -f /etc/postgresql-common/createcluster.conf ] || echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf; \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
 	fi
 
@@ -54,6 +56,20 @@ demo: deps build
 bench: deps build
 	node dist/bench/run.js
 	node dist/bench/ha.js
+
+# End-to-end: cio as the volume plugin of a real 3-host Docker Swarm built on this
+# machine from namespaces and cgroups (test/e2e/swarm.sh): crash, freeze, stack.
+E2E_APT_PACKAGES := docker.io busybox-static
+.PHONY: e2e-swarm
+e2e-swarm: deps build
+	@if ! dpkg -s $(E2E_APT_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing Debian packages for the Swarm e2e test: $(E2E_APT_PACKAGES)"; \
+	  export DEBIAN_FRONTEND=noninteractive; norc=""; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; norc=1; fi; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $(E2E_APT_PACKAGES); rc=$$?; \
+	  if [ -n "$$norc" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$rc; \
+	fi
+	./test/e2e/swarm.sh
 
 clean:
 	rm -rf dist build

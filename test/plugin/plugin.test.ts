@@ -6,28 +6,18 @@
 // must not disturb the new one; nothing left on the host at the end.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { request } from 'node:http';
 import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { mountAt } from '../../src/attach/mounts';
 import type { VolumeRecord } from '../../src/core/types';
 import { LocalCluster, eventually } from '../helpers/local-cluster';
+import { pluginCall, type PluginReply } from '../helpers/plugin-client';
 import { findLeftovers, sweepLeftovers } from './leftovers';
 
 const IP_PREFIX = '127.0.40.';
 
-interface Reply {
-  status: number;
-  body: {
-    Err?: string;
-    Mountpoint?: string;
-    Implements?: string[];
-    Capabilities?: { Scope: string };
-    Volume?: { Name: string; Mountpoint: string; CreatedAt: string; Status: Record<string, unknown> };
-    Volumes?: Array<{ Name: string; Mountpoint: string }>;
-  };
-}
+type Reply = PluginReply;
 
 const mountId = (): string => randomBytes(32).toString('hex');
 
@@ -46,28 +36,7 @@ describe('docker volume plugin (3 nodes)', () => {
     await cluster.down();
   });
 
-  /** POST a plugin call to a node's socket; `body` as an object, or raw text to send bad JSON. */
-  function call(node: string, endpoint: string, body?: unknown): Promise<Reply> {
-    const socketPath = path.join(cluster.dir, 'nodes', node, 'plugin', 'cio.sock');
-    const text = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
-    // dockerd retries a plugin it cannot connect to (for 30 s); so do we, e.g. while an agent starts.
-    return eventually(`${node}'s plugin socket to answer ${endpoint}`, () => post(socketPath, endpoint, text).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') return undefined;
-      throw err;
-    }), 20_000, 100);
-  }
-  function post(socketPath: string, endpoint: string, text: string): Promise<Reply> {
-    return new Promise((resolve, reject) => {
-      const req = request({ socketPath, path: `/${endpoint}`, method: 'POST', headers: { Accept: 'application/vnd.docker.plugins.v1.2+json', 'Content-Length': Buffer.byteLength(text) } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as Reply['body'] }));
-        res.on('error', reject);
-      });
-      req.on('error', reject);
-      req.end(text);
-    });
-  }
+  const call = (node: string, endpoint: string, body?: unknown): Promise<Reply> => pluginCall(cluster, node, endpoint, body);
   async function ok(node: string, endpoint: string, body?: unknown): Promise<Reply['body']> {
     const r = await call(node, endpoint, body);
     assert.equal(r.body.Err, '', `${endpoint} on ${node}: ${r.body.Err}`);
