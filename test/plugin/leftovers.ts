@@ -13,16 +13,37 @@ export interface Leftovers {
   processes: number[];
 }
 
+function deadLoopsNow(): Set<string> {
+  const dead = new Set<string>();
+  for (const dev of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
+    try {
+      if (readFileSync(`/sys/block/${dev}/loop/backing_file`, 'utf8').trim() === '/nbd') dead.add(`/dev/${dev}`);
+    } catch {
+      /* not bound */
+    }
+  }
+  return dead;
+}
+
+/**
+ * Dead loop devices ("/nbd", see below) that were there before this test
+ * process started: another run's crash left them in this shared kernel (a
+ * real crash takes the kernel with it), so they are not this test's doing.
+ */
+const deadBeforeTests = deadLoopsNow();
+
 /**
  * Loop devices bound to a file under `root`, read from sysfs (losetup's ioctl
  * fails once nbdfuse is dead). "/nbd" is a loop device whose nbdfuse mount
- * was detached under it: only an attachment can leave that, so it counts too.
+ * was detached under it: only an attachment can leave that, so it counts too
+ * — unless it was already there when the tests started.
  */
 async function loopsUnder(root: string): Promise<string[]> {
   const found: string[] = [];
   for (const dev of readdirSync('/sys/block').filter((d) => d.startsWith('loop'))) {
     const backing = await loopBackingFile(`/dev/${dev}`);
-    if (backing && (backing.startsWith(root) || backing === '/nbd')) found.push(`/dev/${dev}`);
+    const device = `/dev/${dev}`;
+    if (backing && (backing.startsWith(root) || (backing === '/nbd' && !deadBeforeTests.has(device)))) found.push(device);
   }
   return found;
 }
