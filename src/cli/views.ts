@@ -114,6 +114,7 @@ export function volumeDetail(v: VolumeView): string {
     ['Phase', v.phase],
     ['Owner', v.owner ? `${v.ownerName ?? v.owner} (${v.owner})` : '- (not attached)'],
     ['NBD URI', v.attachment?.uri ?? '-'],
+    ['Mounted', v.attachment?.mountpoint ? `${v.attachment.mountpoint} (${v.attachment.method ?? '?'})` : '-'],
     ['Epoch', String(v.epoch)],
     ['Created', v.createdAt],
   ]);

@@ -121,6 +121,9 @@ export interface VolumeAttachment {
   /** NBD export URI on the owner, e.g. nbd+unix:///NAME?socket=… */
   uri: string;
   since: string;
+  /** Set when the Docker plugin mounted it: how the block device was made, and where it is mounted. */
+  method?: string;
+  mountpoint?: string;
 }
 
 export interface VolumeRecord extends VolumeSpec {

@@ -33,6 +33,8 @@ export interface PluginVolumes {
   remove(name: string): Promise<void>;
   findProfile(name: string): Promise<Profile | undefined>;
   nodeName(id: string): Promise<string | undefined>;
+  /** Record in the volume's attachment how and where it is mounted (shown by `cio volume info`). */
+  recordMount(name: string, method: string, mountpoint: string): Promise<void>;
 }
 
 export interface VolumePluginOptions {
@@ -277,6 +279,9 @@ export class VolumePlugin {
       this.table.add(name, id);
       this.table.setMounted(name, mounted.mountpoint, mounted.method);
       await this.saveTable();
+      await this.opts.volumes
+        .recordMount(name, mounted.method, mounted.mountpoint)
+        .catch((err: unknown) => this.opts.logger.warn({ volume: name, err: errorMessage(err) }, 'could not record the mount in the volume record'));
       this.opts.logger.info({ volume: name, id, epoch: vol.epoch, method: mounted.method, mountpoint: mounted.mountpoint, formatted: mounted.formatted }, 'volume mounted for docker');
       return { Mountpoint: mounted.mountpoint };
     });

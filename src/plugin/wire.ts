@@ -2,7 +2,7 @@
 import type { Etcd3 } from 'etcd3';
 import type { NodeRecord } from '../core/types';
 import { listNodes } from '../store/nodes';
-import { findProfile, getVolume, listVolumes } from '../store/volumes';
+import { findProfile, getVolume, listVolumes, updateVolume } from '../store/volumes';
 import { errorMessage } from '../util/errors';
 import type { Logger } from '../util/log';
 import type { VolumeHost } from '../volumes/host';
@@ -38,6 +38,12 @@ export async function startPlugin(parts: PluginAgentParts): Promise<VolumePlugin
       remove: (name) => removeVolume(parts.lifecycle, name),
       findProfile: (name) => findProfile(etcd, name),
       nodeName: async (id) => (await listNodes(etcd)).find((n) => n.id === id)?.name,
+      recordMount: async (name, method, mountpoint) => {
+        const self = parts.self().id;
+        await updateVolume(etcd, name, (cur) =>
+          cur.owner === self && cur.attachment ? { ...cur, attachment: { ...cur.attachment, method, mountpoint } } : undefined,
+        );
+      },
     },
     selfId: () => parts.self().id,
     socketPath: parts.socketPath,

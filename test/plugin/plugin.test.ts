@@ -126,6 +126,9 @@ describe('docker volume plugin (3 nodes)', () => {
     assert.equal(got.Status.owner, 'v1');
     assert.equal(got.Mountpoint, '', 'not mounted on v2');
     assert.equal((await ok('v1', 'VolumeDriver.Get', { Name: 'pg' })).Volume!.Status.attachMethod, 'nbdfuse-loop');
+    const attachment = (await volume('pg')).attachment!;
+    assert.deepEqual([attachment.method, attachment.mountpoint], ['nbdfuse-loop', mp], 'cio volume info shows how and where it is mounted');
+    assert.match((await cluster.cli(['volume', 'info', 'pg'])).stdout, new RegExp(`Mounted:\\s+${mp.replace(/[/.]/g, '\\$&')} \\(nbdfuse-loop\\)`));
 
     await ok('v1', 'VolumeDriver.Unmount', { Name: 'pg', ID: a });
     assert.equal((await mountAt(mp))?.fstype, 'ext4', 'still mounted for the other ID');
