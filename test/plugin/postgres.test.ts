@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess, execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -47,6 +47,7 @@ describe('PostgreSQL on a cio volume survives the loss of its node', () => {
   let cluster: LocalCluster;
   let sockets: string;
   const servers: ChildProcess[] = [];
+  const dataDirs: string[] = [];
 
   before(async () => {
     cluster = await LocalCluster.up({ nodes: 3, ipPrefix: IP_PREFIX, leaseTtl: 3, extraArgs: ['--rebuild-grace', '600'] });
@@ -55,6 +56,7 @@ describe('PostgreSQL on a cio volume survives the loss of its node', () => {
     await chown(sockets, uid, gid);
   });
   after(async () => {
+    for (const dir of dataDirs) await killPostgres(dir);
     for (const s of servers) if (s.pid) killGroup(s.pid);
     if (cluster) {
       await cluster.cli(['cluster', 'down', '--dir', cluster.dir]).catch(() => undefined);
@@ -72,7 +74,35 @@ describe('PostgreSQL on a cio volume survives the loss of its node', () => {
     }
   }
 
+  /**
+   * Kill a PostgreSQL server as a power loss would: the postmaster and every
+   * backend at once. Backends run in sessions of their own, so the process
+   * group of the launcher does not reach them; they are the postmaster's children.
+   */
+  async function killPostgres(pgdata: string): Promise<void> {
+    const pidText = await readFile(path.join(pgdata, 'postmaster.pid'), 'utf8').catch(() => '');
+    const postmaster = Number(pidText.split('\n')[0]);
+    if (!Number.isInteger(postmaster) || postmaster <= 1) return;
+    const victims = [postmaster];
+    for (const entry of readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+      try {
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+        if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === postmaster) victims.push(Number(entry));
+      } catch {
+        /* gone */
+      }
+    }
+    for (const pid of victims) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
   async function startPostgres(pgdata: string): Promise<ChildProcess> {
+    dataDirs.push(pgdata);
     const log = openSync(path.join(sockets, `postgres-${servers.length}.log`), 'a');
     const server = spawn('runuser', ['-u', 'postgres', '--', path.join(PG_BIN, 'postgres'), '-D', pgdata, '-k', sockets, '-p', PORT, '-c', 'listen_addresses=', '-c', 'fsync=on', '-c', 'synchronous_commit=on'], {
       detached: true,
@@ -128,6 +158,7 @@ describe('PostgreSQL on a cio volume survives the loss of its node', () => {
       await eventually('the client to commit a few hundred inserts', async () => committed >= 400, 60_000);
 
       // v1 dies: its agent (and nbdfuse with it) and PostgreSQL, all at once.
+      await killPostgres(pgdata1);
       await cluster.nodeAction('kill', 'v1');
       if (server1.pid) killGroup(server1.pid);
       clearInterval(feed);
