@@ -49,8 +49,9 @@ export class RecordWriter {
     return (this.baseBlock + seq) * RECORD_SIZE;
   }
 
-  /** Write until stopped or until the connection fails. */
+  /** Write until stopped, until the connection fails, or until the export is full (records never wrap). */
   start(maxRecords = Number.MAX_SAFE_INTEGER): void {
+    if (this.client.size > 0) maxRecords = Math.min(maxRecords, Math.floor(this.client.size / RECORD_SIZE) - this.baseBlock);
     const lane = async (): Promise<void> => {
       while (!this.stopped && this.next < maxRecords) {
         const seq = this.next++;

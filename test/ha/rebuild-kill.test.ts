@@ -35,7 +35,7 @@ describe('HA: a node killed in the middle of a rebuild', () => {
     const first = (await volumeInfo(cluster, 'big')).replicas.find((r) => r.nodeId !== v1.id)!;
     const firstNode = (await nodes()).find((n) => n.id === first.nodeId)!;
     const live = new RecordWriter(client, 'live', 20_000, 0, 2);
-    live.start();
+    live.start(40_000); // blocks 20000..59999: inside the 256 MiB volume whatever the pace
     await cluster.nodeAction('kill', firstNode.name);
     const target = await eventually(
       'a replacement copy being rebuilt',
