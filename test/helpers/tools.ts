@@ -3,6 +3,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 
 export interface ToolResult {
   code: number;
@@ -33,4 +34,15 @@ export function sha256File(file: string, length?: number): Promise<string> {
       .on('end', () => resolve(hash.digest('hex')))
       .on('error', reject);
   });
+}
+
+/** Write a file and fsync it, as an application that needs its data durable would. */
+export async function writeSynced(file: string, data: Buffer): Promise<void> {
+  const fh = await open(file, 'w');
+  try {
+    await fh.write(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, open, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -15,6 +15,7 @@ import { mountAt } from '../../src/attach/mounts';
 import { runTool } from '../../src/attach/run';
 import { eventually } from '../helpers/local-cluster';
 import { sha256File } from '../helpers/tools';
+import { writeSynced } from '../helpers/tools';
 import { findLeftovers, sweepLeftovers } from './leftovers';
 
 const MiB = 1024 * 1024;
@@ -46,15 +47,6 @@ describe('attach: NBD export → block device → filesystem → mount', () => {
     assert.deepEqual(await loadAttachStates(path.join(root, 'work')), [], 'no attachment state left');
   }
 
-  async function writeSynced(file: string, data: Buffer): Promise<void> {
-    const fh = await open(file, 'w');
-    try {
-      await fh.write(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  }
 
   before(async () => {
     root = await mkdtemp(path.join(os.tmpdir(), 'cio-attach-'));

@@ -6,13 +6,14 @@
 // must not disturb the new one; nothing left on the host at the end.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { mountAt } from '../../src/attach/mounts';
 import type { VolumeRecord } from '../../src/core/types';
 import { LocalCluster, eventually } from '../helpers/local-cluster';
 import { pluginCall, type PluginReply } from '../helpers/plugin-client';
+import { writeSynced } from '../helpers/tools';
 import { findLeftovers, sweepLeftovers } from './leftovers';
 
 const IP_PREFIX = '127.0.40.';
@@ -54,15 +55,6 @@ describe('docker volume plugin (3 nodes)', () => {
     return nodes.find((n) => n.name === name)!.id;
   };
   const mountRoot = (node: string): string => path.join(cluster.dir, 'nodes', node, 'mnt');
-  async function writeSynced(file: string, data: Buffer): Promise<void> {
-    const fh = await open(file, 'w');
-    try {
-      await fh.write(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  }
   async function assertNothingLeft(under: string): Promise<void> {
     assert.deepEqual(await findLeftovers(under), { loops: [], mounts: [], processes: [] }, `nothing left under ${under}`);
   }
