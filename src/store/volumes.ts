@@ -3,7 +3,7 @@ import type { Etcd3 } from 'etcd3';
 import { BUILTIN_PROFILES, type Profile } from '../core/profiles';
 import type { VolumeRecord } from '../core/types';
 import { ConflictError, NotFoundError } from '../util/errors';
-import { casUpdate, getVersioned } from './cas';
+import { casUpdate } from './cas';
 import { getAllJson, getJson } from './etcd';
 import { keys } from './keys';
 
@@ -47,12 +47,10 @@ export function updateVolume(etcd: Etcd3, name: string, change: (cur: VolumeReco
   return casUpdate<VolumeRecord>(etcd, keys.volume(name), change);
 }
 
-/** Delete the record only if it is unchanged since `expect` was read. */
+/** Delete a volume's record (its copies are gone or left to their nodes' orphan sweep). */
 export async function deleteVolumeRecord(etcd: Etcd3, name: string): Promise<void> {
   await etcd.delete().key(keys.volume(name));
 }
-
-export { getVersioned };
 
 // ---- profiles: built-in ones are read-only; user ones live in etcd.
 

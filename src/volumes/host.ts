@@ -57,6 +57,7 @@ export class VolumeHost {
   private readonly busy = new Map<string, Promise<unknown>>();
 
   private watchers: Watcher[] = [];
+  private reconcileTimer: NodeJS.Timeout | undefined;
   private stopped = false;
 
   constructor(private readonly opts: HostOptions) {}
@@ -74,9 +75,8 @@ export class VolumeHost {
     for (const w of [volumes, nodes]) w.on('error', (err) => this.opts.logger.warn({ err: err.message }, 'volume host watch error'));
     this.watchers = [volumes, nodes];
     // Periodic pass: resyncs wait for a copy's node to come back, which is a node change, not a volume change.
-    const timer = setInterval(() => void this.reconcileAll(), 3000);
-    timer.unref();
-    this.watchers.push({ cancel: async () => clearInterval(timer) } as unknown as Watcher);
+    this.reconcileTimer = setInterval(() => void this.reconcileAll(), 3000);
+    this.reconcileTimer.unref();
   }
 
   private async reconcileAll(): Promise<void> {
@@ -410,6 +410,7 @@ export class VolumeHost {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.reconcileTimer);
     for (const w of this.watchers) await w.cancel().catch(() => undefined);
     for (const name of [...this.attached.keys()]) await this.stopLocal(name);
   }

@@ -6,7 +6,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
 import { RecordWriter, verifyRecords } from '../../src/cluster/record-writer';
-import { attachAndConnect, cliOk, health, replicaFile, sha256Of, volumeInfo } from '../helpers/volumes';
+import { attachAndConnect, cliOk, health, replicaFile, volumeInfo } from '../helpers/volumes';
+import { sha256File } from '../helpers/tools';
 
 const IP_PREFIX = '127.0.27.';
 
@@ -67,7 +68,7 @@ describe('HA: a node killed in the middle of a rebuild', () => {
     const vol = await volumeInfo(cluster, 'big');
     const up = new Set((await nodes()).filter((n) => n.status !== 'maintenance').map((n) => n.id));
     const inSync = vol.replicas.filter((r) => r.state === 'in-sync' && up.has(r.nodeId));
-    const sums = await Promise.all(inSync.map((r) => sha256Of(replicaFile(cluster, r.id))));
+    const sums = await Promise.all(inSync.map((r) => sha256File(replicaFile(cluster, r.id))));
     assert.equal(new Set(sums).size, 1, 'in-sync copies identical');
     const events = await cliOk(cluster, ['events', '-n', '200']);
     assert.match(events, /volume big \(vd1\) volume rebuild completed/);

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
 import { RecordWriter, verifyRecords, RECORD_SIZE } from '../../src/cluster/record-writer';
-import { attachAndConnect, cliOk, replicaFile, sha256Of, volumeInfo } from '../helpers/volumes';
+import { attachAndConnect, cliOk, replicaFile, volumeInfo } from '../helpers/volumes';
+import { sha256File } from '../helpers/tools';
 
 const IP_PREFIX = '127.0.26.';
 const MiB = 1024 * 1024;
@@ -66,7 +67,7 @@ describe('HA: a node back from a short outage is resynced incrementally', () => 
     client.close();
     await cliOk(cluster, ['volume', 'detach', 'data']);
     const vol = await volumeInfo(cluster, 'data');
-    const sums = await Promise.all(vol.replicas.map((r) => sha256Of(replicaFile(cluster, r.id))));
+    const sums = await Promise.all(vol.replicas.map((r) => sha256File(replicaFile(cluster, r.id))));
     assert.equal(new Set(sums).size, 1, `copies differ after the resync: ${vol.replicas.map((r, i) => `${r.nodeName}=${sums[i].slice(0, 12)}`).join(' ')}`);
   });
 });

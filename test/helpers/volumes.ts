@@ -1,5 +1,4 @@
 // Volume helpers for cluster tests: info, attach, and connecting an NBD client.
-import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
@@ -83,22 +82,4 @@ export async function canConnect(socket: string, name: string): Promise<boolean>
   } catch {
     return false;
   }
-}
-
-/** sha256 of a whole file. */
-export async function sha256Of(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  const fh = await open(file, 'r');
-  try {
-    const chunk = Buffer.alloc(4 * 1024 * 1024);
-    for (let pos = 0; ; ) {
-      const { bytesRead } = await fh.read(chunk, 0, chunk.length, pos);
-      if (bytesRead === 0) break;
-      hash.update(chunk.subarray(0, bytesRead));
-      pos += bytesRead;
-    }
-  } finally {
-    await fh.close();
-  }
-  return hash.digest('hex');
 }
