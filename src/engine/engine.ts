@@ -10,6 +10,7 @@ import { RangeLock } from '../replica/rangelock';
 import { ReplicaRequestError } from '../replica/client';
 import type { ReplicaState } from '../core/types';
 import { invariant } from '../util/errors';
+import { ioBuffers } from '../util/buffer-pool';
 import type { Logger } from '../util/log';
 import { canAcknowledge, readSources, writeTargets } from './replica-set';
 import { DirtyMap } from '../core/dirty-map';
@@ -327,9 +328,10 @@ export class VolumeEngine implements NbdBackend {
             for (let p = start; p < end; p += COPY_PIECE) {
               const n = Math.min(COPY_PIECE, end - p);
               pieces.push(
-                this.withTimeout(source, source.channel.read(source.id, this.opts.epoch, p, n)).then((data) =>
-                  this.onTarget(target, target.channel.write(target.id, this.opts.epoch, p, data)),
-                ),
+                this.withTimeout(source, source.channel.read(source.id, this.opts.epoch, p, n)).then(async (data) => {
+                  await this.onTarget(target, target.channel.write(target.id, this.opts.epoch, p, data));
+                  ioBuffers.give(data); // the target has applied it
+                }),
               );
               copied += n;
             }

@@ -23,7 +23,12 @@ export interface NbdBackend {
   /** True only if FLUSH and FUA on one connection are visible on all of them. */
   readonly canMultiConn: boolean;
   readonly readOnly?: boolean;
+  /**
+   * The returned buffer belongs to the server from then on: once the reply
+   * has been sent, a buffer taken from `ioBuffers` goes back to that pool.
+   */
   read(offset: number, length: number): Promise<Buffer>;
+  /** Once the returned promise resolves, `data` may be reused by the server: keep no reference to it. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

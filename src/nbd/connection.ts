@@ -5,6 +5,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../util/log';
 import { ByteQueue } from '../util/byte-queue';
+import { readIntoReusedBuffer } from '../util/socket-input';
 import { Handshake, HandshakeViolation, type ExportCatalog, type HandshakeChannel } from './handshake';
 import { Transmission, type TransmissionStats } from './transmission';
 
@@ -198,7 +199,9 @@ export class NbdConnection {
       this.exportName = negotiated.name;
       this.log.debug({ export: negotiated.name, flags: negotiated.flags }, 'nbd transmission started');
       this.socket.setTimeout(0); // transmission may idle as long as it likes
-      this.transmission = new Transmission(this.socket, this.queue, negotiated, this.limits.maxInFlightBytes, this.log);
+      const transmission = new Transmission(this.socket, this.queue, negotiated, this.limits.maxInFlightBytes, this.log);
+      this.transmission = transmission;
+      readIntoReusedBuffer(this.socket, (chunk) => transmission.onData(chunk, true));
       this.channel.detach();
       this.transmission.start();
     } catch (err) {

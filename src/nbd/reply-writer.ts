@@ -19,19 +19,22 @@ export class ReplyWriter {
 
   /**
    * Queue one reply. `flushed` runs exactly once: when the last buffer has been
-   * handed to the kernel, or when the socket is gone and the reply is dropped.
+   * handed to the kernel (`released` true: the buffers are ours again), or
+   * when the socket is gone and the reply is dropped (`released` false unless
+   * the buffers were never queued).
    */
-  send(buffers: readonly Buffer[], flushed: () => void): void {
+  send(buffers: readonly Buffer[], flushed: (released: boolean) => void): void {
     const socket = this.socket;
     if (socket.destroyed || !socket.writable) {
-      flushed();
+      flushed(true);
       return;
     }
     this.cork.hold();
     const last = buffers.length - 1;
     for (let i = 0; i < last; i++) socket.write(buffers[i]);
-    // The callback also fires (with an error) if the socket is destroyed first.
-    socket.write(buffers[last], () => flushed());
+    // The callback also fires (with an error) if the socket is destroyed first;
+    // then libuv may not be done with the memory, so it is not reused.
+    socket.write(buffers[last], (err) => flushed(!err));
   }
 
   /** Push corked replies out now (before ending the socket). */

@@ -14,6 +14,7 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../util/log';
 import { invariant } from '../util/errors';
+import { ioBuffers } from '../util/buffer-pool';
 import { NbdError, type BlockStatusExtent, type NbdBackend } from './backend';
 import type { ByteQueue } from '../util/byte-queue';
 import { BASE_ALLOCATION_ID, Command, CommandFlag, Errno, isWireErrno, REQUEST_HEADER_SIZE } from './constants';
@@ -62,9 +63,6 @@ export class Transmission {
   private parsing = false;
   /** A WRITE whose header was parsed and whose payload is still arriving. */
   private awaitingPayload: NbdRequest | undefined;
-  /** Buffer the awaited payload is being assembled in, when it spans chunks. */
-  private payload: Buffer | undefined;
-  private payloadFilled = 0;
   /** Bytes of a rejected oversized WRITE payload still to be dropped. */
   private discardRemaining = 0;
   /** No further requests are accepted (DISC, client EOF, server shutdown, or a fatal error). */
@@ -96,10 +94,13 @@ export class Transmission {
     this.parse();
   }
 
-  onData(chunk: Buffer): void {
+  /** Input from the socket; a `borrowed` chunk is valid only during this call (see ByteQueue). */
+  onData(chunk: Buffer, borrowed = false): void {
     if (this.stopped && this.discardRemaining === 0 && this.awaitingPayload === undefined) return;
-    this.queue.push(chunk);
+    if (borrowed) this.queue.pushBorrowed(chunk);
+    else this.queue.push(chunk);
     this.parse();
+    this.queue.settle();
   }
 
   /** The client closed its sending side: finish what was asked, then close ours. */
@@ -109,7 +110,7 @@ export class Transmission {
     const cutOff = this.awaitingPayload;
     if (cutOff !== undefined) {
       this.awaitingPayload = undefined;
-      this.payload = undefined;
+      this.queue.clear();
       this.release(cutOff);
     }
     this.discardRemaining = 0;
@@ -132,7 +133,7 @@ export class Transmission {
       inFlightRequests: this.inFlightRequests,
       inFlightBytes: this.inFlightBytes,
       peakInFlightBytes: this.peakInFlightBytes,
-      bufferedInputBytes: this.queue.length + (this.payload === undefined ? 0 : this.payloadFilled),
+      bufferedInputBytes: this.queue.length + this.queue.gatheringBytes,
       queuedReplyBytes: this.writer.queuedBytes,
       inputPaused: this.inputPaused,
       requestsReceived: this.requestsReceived,
@@ -159,7 +160,7 @@ export class Transmission {
       }
       const pending = this.awaitingPayload;
       if (pending !== undefined) {
-        const payload = this.collectPayload(pending);
+        const payload = this.queue.takeWhole(pending.length);
         if (payload === undefined) return;
         this.awaitingPayload = undefined;
         this.execute(pending, payload);
@@ -174,7 +175,8 @@ export class Transmission {
         return;
       }
       if (queue.length < REQUEST_HEADER_SIZE) return;
-      const req = parseRequestHeader(queue.take(REQUEST_HEADER_SIZE));
+      const req = parseRequestHeader(queue.peek(REQUEST_HEADER_SIZE));
+      queue.skip(REQUEST_HEADER_SIZE);
       if (req === undefined) {
         this.fatal('bad request magic');
         return;
@@ -198,26 +200,6 @@ export class Transmission {
         return;
       }
     }
-  }
-
-  /**
-   * The WRITE payload once complete, else undefined. A payload already queued
-   * in full is cut out in one go (no copy if it sits in one chunk); otherwise
-   * it is copied into its own buffer chunk by chunk as it arrives, while the
-   * bytes are still hot in cache, and the chunks are released at once.
-   */
-  private collectPayload(req: NbdRequest): Buffer | undefined {
-    const queue = this.queue;
-    if (this.payload === undefined) {
-      if (queue.length >= req.length) return queue.take(req.length);
-      this.payload = Buffer.allocUnsafe(req.length);
-      this.payloadFilled = 0;
-    }
-    this.payloadFilled += queue.takeInto(this.payload, this.payloadFilled);
-    if (this.payloadFilled < req.length) return undefined;
-    const payload = this.payload;
-    this.payload = undefined;
-    return payload;
   }
 
   private admit(req: NbdRequest): void {
@@ -263,7 +245,10 @@ export class Transmission {
         return;
       case Command.WRITE:
         invariant(payload !== undefined, 'WRITE executed without its payload');
-        this.call(req, () => backend.write(req.offset, payload, fua), this.replyOk);
+        this.call(req, () => backend.write(req.offset, payload, fua), (done) => {
+          ioBuffers.give(payload); // the backend is done with it (see NbdBackend.write)
+          this.replyOk(done);
+        });
         return;
       case Command.FLUSH:
         this.call(req, () => backend.flush(), this.replyOk);
@@ -351,7 +336,10 @@ export class Transmission {
       throw new Error(`backend read returned ${Buffer.isBuffer(data) ? `${data.length} bytes` : typeof data} for ${req.length} bytes`);
     }
     const header = this.limits.structuredReplies ? offsetDataChunkHeader(req, data.length) : simpleReply(req, 0);
-    this.writer.send([header, data], () => this.release(req));
+    this.writer.send([header, data], (released) => {
+      if (released) ioBuffers.give(data);
+      this.release(req);
+    });
   };
 
   private readonly replyBlockStatus = (req: NbdRequest, extents: readonly BlockStatusExtent[]): void => {

@@ -18,6 +18,7 @@ import {
   verifyServerProof,
 } from './auth';
 import { ByteQueue } from '../util/byte-queue';
+import { readIntoReusedBuffer } from '../util/socket-input';
 import { TurnCork } from '../util/turn-cork';
 import { ReplicaOps, ReplicaRequestError, ReplicaConnectionError } from './ops';
 import { ReplyDecoder, encodeRequestHeader } from './codec';
@@ -96,8 +97,9 @@ export class ReplicaClient extends ReplicaOps {
     let lastError: Error | undefined;
     socket.on('error', (err) => (lastError = err));
     socket.on('close', () => this.onClose(lastError));
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    if (leftover.length > 0) this.onData(leftover.take(leftover.length));
+    socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
+    if (leftover.length > 0) this.onData(leftover.take(leftover.length), false);
+    readIntoReusedBuffer(socket, (chunk) => this.onData(chunk, true));
     socket.resume(); // the handshake paused it so that no byte is missed in between
   }
 
@@ -188,13 +190,15 @@ export class ReplicaClient extends ReplicaOps {
     return bytes;
   }
 
-  private onData(chunk: Buffer): void {
-    this.decoder.push(chunk);
+  private onData(chunk: Buffer, borrowed: boolean): void {
+    this.decoder.push(chunk, borrowed);
     try {
       for (let reply = this.decoder.next(); reply; reply = this.decoder.next()) this.onReply(reply);
     } catch (err) {
       this.fatal(err instanceof Error ? err : new Error(String(err)));
       return;
+    } finally {
+      this.decoder.settle();
     }
     this.sendWaiting();
   }

@@ -82,8 +82,15 @@ export class RequestDecoder {
     return this.queue.length;
   }
 
-  push(chunk: Buffer): void {
-    this.queue.push(chunk);
+  /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
+  push(chunk: Buffer, borrowed = false): void {
+    if (borrowed) this.queue.pushBorrowed(chunk);
+    else this.queue.push(chunk);
+  }
+
+  /** Call once the requests decodable now have been taken: keeps what is left of a borrowed chunk. */
+  settle(): void {
+    this.queue.settle();
   }
 
   /** Hands over bytes that arrived before the decoder took over the stream. */
@@ -126,8 +133,11 @@ export class RequestDecoder {
       this.pending = request;
     }
     const request = this.pending;
-    if (this.queue.length < request.payloadLength) return undefined;
-    if (request.payloadLength > 0) request.payload = this.queue.take(request.payloadLength);
+    if (request.payloadLength > 0) {
+      const payload = this.queue.takeWhole(request.payloadLength);
+      if (payload === undefined) return undefined;
+      request.payload = payload;
+    }
     this.pending = undefined;
     return request;
   }
@@ -138,23 +148,34 @@ export class ReplyDecoder {
   private readonly queue = new ByteQueue();
   private pending: Reply | undefined;
 
-  push(chunk: Buffer): void {
-    this.queue.push(chunk);
+  /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
+  push(chunk: Buffer, borrowed = false): void {
+    if (borrowed) this.queue.pushBorrowed(chunk);
+    else this.queue.push(chunk);
+  }
+
+  /** Call once the replies decodable now have been taken: keeps what is left of a borrowed chunk. */
+  settle(): void {
+    this.queue.settle();
   }
 
   next(): Reply | undefined {
     if (this.pending === undefined) {
       if (this.queue.length < REPLY_HEADER_SIZE) return undefined;
-      const h = this.queue.take(REPLY_HEADER_SIZE);
+      const h = this.queue.peek(REPLY_HEADER_SIZE);
       const magic = h.readUInt32BE(0);
       if (magic !== REPLY_MAGIC) throw new ProtocolError(`bad reply magic 0x${magic.toString(16)}`);
       const payloadLength = h.readUInt32BE(20);
       if (payloadLength > MAX_REPLY_PAYLOAD) throw new ProtocolError(`reply payload of ${payloadLength} bytes exceeds ${MAX_REPLY_PAYLOAD}`);
       this.pending = { status: h.readUInt16BE(4), requestId: h.readUInt32BE(8), epoch: readU64(h, 12), payloadLength, payload: EMPTY };
+      this.queue.skip(REPLY_HEADER_SIZE);
     }
     const reply = this.pending;
-    if (this.queue.length < reply.payloadLength) return undefined;
-    if (reply.payloadLength > 0) reply.payload = this.queue.take(reply.payloadLength);
+    if (reply.payloadLength > 0) {
+      const payload = this.queue.takeWhole(reply.payloadLength);
+      if (payload === undefined) return undefined;
+      reply.payload = payload;
+    }
     this.pending = undefined;
     return reply;
   }

@@ -6,9 +6,11 @@
 // server buffer without bound.
 import type net from 'node:net';
 import { invariant } from '../util/errors';
+import { ioBuffers } from '../util/buffer-pool';
 import { type Logger } from '../util/log';
 import { AuthError, CLIENT_HELLO_SIZE, encodeServerHello, encodeServerProof, newNonce, verifyClientHello } from './auth';
 import { ByteQueue } from '../util/byte-queue';
+import { readIntoReusedBuffer } from '../util/socket-input';
 import { TurnCork } from '../util/turn-cork';
 import { RequestDecoder, encodeReplyHeader } from './codec';
 import type { Dispatcher, Outcome } from './dispatch';
@@ -52,7 +54,7 @@ export class ServerConnection {
     const s = this.socket;
     s.setNoDelay(true);
     s.setKeepAlive(true, 10_000);
-    s.on('data', (chunk: Buffer) => this.onData(chunk));
+    s.on('data', (chunk: Buffer) => this.onData(chunk, false));
     s.on('drain', () => {
       this.awaitingDrain = false;
       this.pump();
@@ -77,10 +79,11 @@ export class ServerConnection {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private onData(chunk: Buffer): void {
+  private onData(chunk: Buffer, borrowed: boolean): void {
     if (this.phase === 'ready') {
-      this.decoder.push(chunk);
+      this.decoder.push(chunk, borrowed);
       this.pump();
+      this.decoder.settle();
     } else if (this.phase === 'auth') {
       this.authBytes.push(chunk);
       this.authenticate();
@@ -102,6 +105,7 @@ export class ServerConnection {
     this.phase = 'ready';
     this.socket.write(encodeServerProof(this.secret, this.serverNonce, clientNonce));
     this.decoder.takeOver(this.authBytes);
+    readIntoReusedBuffer(this.socket, (chunk) => this.onData(chunk, true));
     this.pump();
   }
 
@@ -138,7 +142,10 @@ export class ServerConnection {
     this.inFlightRequests++;
     const requestId = req.requestId;
     this.dispatcher.execute(req).then(
-      (outcome) => this.complete(requestId, outcome, cost),
+      (outcome) => {
+        ioBuffers.give(req.payload); // a WRITE's data is on the replica now
+        this.complete(requestId, outcome, cost);
+      },
       (err: unknown) => {
         // execute() turns every failure into an outcome: this is a bug.
         this.logger.error({ err }, 'replica dispatcher rejected');
@@ -163,7 +170,8 @@ export class ServerConnection {
     const header = encodeReplyHeader({ status: outcome.status, requestId, epoch: outcome.epoch, payloadLength: payload ? payload.length : 0 });
     this.cork.hold();
     let ok = this.socket.write(header);
-    if (payload && payload.length > 0) ok = this.socket.write(payload);
+    // A READ's data comes from the buffer pool; it is reused once the kernel has it.
+    if (payload && payload.length > 0) ok = this.socket.write(payload, (err) => err || ioBuffers.give(payload));
     if (!ok) this.awaitingDrain = true;
   }
 
