@@ -12,7 +12,7 @@ import type { ReplicaState } from '../core/types';
 import { invariant } from '../util/errors';
 import { ioBuffers } from '../util/buffer-pool';
 import type { Logger } from '../util/log';
-import { canAcknowledge, readSources, writeTargets } from './replica-set';
+import { canAcknowledge, readSource, writeTargets } from './replica-set';
 import { DirtyMap } from '../core/dirty-map';
 
 /** What the engine needs of a connection to one copy (ReplicaClient implements it). */
@@ -150,7 +150,7 @@ export class VolumeEngine implements NbdBackend {
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkUsable();
     for (;;) {
-      const source = readSources(this.replicas)[0];
+      const source = readSource(this.replicas);
       if (!source) throw new NbdError(Errno.EIO, 'no in-sync copy left');
       try {
         return await this.withTimeout(source, source.channel.read(source.id, this.opts.epoch, offset, length));
@@ -182,7 +182,7 @@ export class VolumeEngine implements NbdBackend {
 
   async blockStatus(offset: number, length: number): Promise<BlockStatusExtent[]> {
     this.checkUsable();
-    const source = readSources(this.replicas)[0];
+    const source = readSource(this.replicas);
     if (!source) throw new NbdError(Errno.EIO, 'no in-sync copy left');
     const allocated = await this.withTimeout(source, source.channel.allocMap(source.id, this.opts.epoch, offset, length));
     const extents: BlockStatusExtent[] = [];
@@ -293,7 +293,7 @@ export class VolumeEngine implements NbdBackend {
 
   /** The volume in chunks, keeping only chunks where a source copy has data. */
   private async allocatedChunks(): Promise<Array<{ offset: number; length: number }>> {
-    const source = readSources(this.replicas)[0];
+    const source = readSource(this.replicas);
     if (!source) throw new NbdError(Errno.EIO, 'no in-sync copy to rebuild from');
     const extents = await this.withTimeout(source, source.channel.allocMap(source.id, this.opts.epoch, 0, this.size));
     const chunks = new Map<number, { offset: number; length: number }>();
@@ -313,7 +313,7 @@ export class VolumeEngine implements NbdBackend {
       for (;;) {
         this.checkUsable();
         if (target.state !== 'rebuilding') throw new Error(`copy ${target.id} failed during its rebuild`);
-        const source = readSources(this.replicas)[0];
+        const source = readSource(this.replicas);
         if (!source) throw new NbdError(Errno.EIO, 'no in-sync copy to rebuild from');
         let copied = 0;
         try {
@@ -472,12 +472,21 @@ export class VolumeEngine implements NbdBackend {
     return next;
   }
 
+  /** `p`, or a ReplicaTimeoutError if it has not settled in time (one promise per call: this is per I/O). */
   private withTimeout<T>(replica: EngineReplica, p: Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new ReplicaTimeoutError(`copy ${replica.id} on node ${replica.nodeId} did not answer in ${this.opts.replicaTimeoutMs} ms`)), this.opts.replicaTimeoutMs);
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new ReplicaTimeoutError(`copy ${replica.id} on node ${replica.nodeId} did not answer in ${this.opts.replicaTimeoutMs} ms`)), this.opts.replicaTimeoutMs);
+      p.then(
+        (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      );
     });
-    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
   }
 
   private noteFencing(err: unknown): void {

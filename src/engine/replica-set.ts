@@ -14,9 +14,15 @@ export function writeTargets<R extends ReplicaView>(replicas: readonly R[]): R[]
   return replicas.filter((r) => r.state === 'in-sync' || r.state === 'rebuilding');
 }
 
-/** Only in-sync copies are read (invariant 4); the local one first, for locality. */
-export function readSources<R extends ReplicaView>(replicas: readonly R[]): R[] {
-  return replicas.filter((r) => r.state === 'in-sync').sort((a, b) => Number(b.local) - Number(a.local));
+/** Only in-sync copies are read (invariant 4); the local one, for locality, else the first in-sync one. */
+export function readSource<R extends ReplicaView>(replicas: readonly R[]): R | undefined {
+  let first: R | undefined;
+  for (const r of replicas) {
+    if (r.state !== 'in-sync') continue;
+    if (r.local) return r;
+    first ??= r;
+  }
+  return first;
 }
 
 /** An acknowledgement needs every in-sync copy; the volume is lost to I/O when none is left. */

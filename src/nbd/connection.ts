@@ -201,7 +201,7 @@ export class NbdConnection {
       this.socket.setTimeout(0); // transmission may idle as long as it likes
       const transmission = new Transmission(this.socket, this.queue, negotiated, this.limits.maxInFlightBytes, this.log);
       this.transmission = transmission;
-      readIntoReusedBuffer(this.socket, (chunk) => transmission.onData(chunk, true));
+      readIntoReusedBuffer(this.socket, (chunk) => transmission.onData(chunk, true), () => transmission.directTarget());
       this.channel.detach();
       this.transmission.start();
     } catch (err) {

@@ -97,10 +97,15 @@ export class Transmission {
   /** Input from the socket; a `borrowed` chunk is valid only during this call (see ByteQueue). */
   onData(chunk: Buffer, borrowed = false): void {
     if (this.stopped && this.discardRemaining === 0 && this.awaitingPayload === undefined) return;
-    if (borrowed) this.queue.pushBorrowed(chunk);
+    if (borrowed) this.queue.pushReceived(chunk);
     else this.queue.push(chunk);
     this.parse();
     this.queue.settle();
+  }
+
+  /** Where the socket may put its next bytes directly (a WRITE payload being gathered). */
+  directTarget(): Buffer | undefined {
+    return this.awaitingPayload === undefined ? undefined : this.queue.directTarget();
   }
 
   /** The client closed its sending side: finish what was asked, then close ours. */

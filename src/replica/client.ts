@@ -55,6 +55,8 @@ interface Waiting {
 const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 const REPLY_OVERHEAD = 24;
+/** Requests carrying at least this much data are sent at once instead of with the turn's batch. */
+const SEND_NOW_BYTES = 64 * 1024;
 
 export class ReplicaClient extends ReplicaOps {
   private readonly decoder = new ReplyDecoder();
@@ -99,7 +101,7 @@ export class ReplicaClient extends ReplicaOps {
     socket.on('close', () => this.onClose(lastError));
     socket.on('data', (chunk: Buffer) => this.onData(chunk, false));
     if (leftover.length > 0) this.onData(leftover.take(leftover.length), false);
-    readIntoReusedBuffer(socket, (chunk) => this.onData(chunk, true));
+    readIntoReusedBuffer(socket, (chunk) => this.onData(chunk, true), () => this.decoder.directTarget());
     socket.resume(); // the handshake paused it so that no byte is missed in between
   }
 
@@ -168,6 +170,17 @@ export class ReplicaClient extends ReplicaOps {
   private transmit(header: Buffer, payload: Uint8Array | undefined, pending: Pending): void {
     this.inFlight += pending.cost;
     pending.sent = true;
+    if (payload && payload.length >= SEND_NOW_BYTES) {
+      // A large write gains nothing from waiting for the end of the turn, and
+      // leaving now lets the copy work on it while this process goes on (with
+      // its own copy's pwrite, typically). Earlier held requests go first.
+      this.cork.release();
+      this.socket.cork();
+      this.socket.write(header);
+      this.socket.write(payload);
+      this.socket.uncork();
+      return;
+    }
     this.cork.hold();
     this.socket.write(header);
     if (payload && payload.length > 0) this.socket.write(payload);

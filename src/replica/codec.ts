@@ -84,8 +84,13 @@ export class RequestDecoder {
 
   /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
   push(chunk: Buffer, borrowed = false): void {
-    if (borrowed) this.queue.pushBorrowed(chunk);
+    if (borrowed) this.queue.pushReceived(chunk);
     else this.queue.push(chunk);
+  }
+
+  /** Where the socket may put its next bytes directly (a payload being gathered). */
+  directTarget(): Buffer | undefined {
+    return this.queue.directTarget();
   }
 
   /** Call once the requests decodable now have been taken: keeps what is left of a borrowed chunk. */
@@ -150,8 +155,13 @@ export class ReplyDecoder {
 
   /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
   push(chunk: Buffer, borrowed = false): void {
-    if (borrowed) this.queue.pushBorrowed(chunk);
+    if (borrowed) this.queue.pushReceived(chunk);
     else this.queue.push(chunk);
+  }
+
+  /** Where the socket may put its next bytes directly (a payload being gathered). */
+  directTarget(): Buffer | undefined {
+    return this.queue.directTarget();
   }
 
   /** Call once the replies decodable now have been taken: keeps what is left of a borrowed chunk. */

@@ -105,7 +105,7 @@ export class ServerConnection {
     this.phase = 'ready';
     this.socket.write(encodeServerProof(this.secret, this.serverNonce, clientNonce));
     this.decoder.takeOver(this.authBytes);
-    readIntoReusedBuffer(this.socket, (chunk) => this.onData(chunk, true));
+    readIntoReusedBuffer(this.socket, (chunk) => this.onData(chunk, true), () => this.decoder.directTarget());
     this.pump();
   }
 

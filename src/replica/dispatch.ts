@@ -47,11 +47,34 @@ export async function replicaInfo(replica: Replica): Promise<ReplicaInfo> {
   return { ...replica.info(), allocatedBytes: await replica.allocatedBytes() };
 }
 
+/** READ as the protocol defines it: at the replica's epoch, after earlier overlapping writes. */
+export function fencedRead(r: Replica, epoch: number, offset: number, length: number): Promise<Buffer> {
+  return r.runFenced(epoch, offset, length, 'shared', () => r.read(offset, length));
+}
+
+/** WRITE as the protocol defines it: at the replica's epoch, in arrival order against overlapping requests. */
+export function fencedWrite(r: Replica, epoch: number, offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+  return r.runFenced(epoch, offset, data.length, 'exclusive', async (lease) => {
+    await r.write(offset, data);
+    if (fua) {
+      lease.release(); // durability needs no ordering against later writes
+      await r.flush();
+    }
+  });
+}
+
 export class Dispatcher {
   constructor(
     private readonly locator: ReplicaLocator,
     private readonly logger: Logger,
   ) {}
+
+  /** The replica if it is open now (no lookup needed), for the in-process fast path. */
+  openReplica(replicaId: string): Replica | undefined {
+    const found = this.locator.find(replicaId);
+    return found instanceof Promise ? undefined : found;
+  }
+
 
   /** Never rejects: failures become error outcomes. */
   async execute(req: Request): Promise<Outcome> {
@@ -73,7 +96,7 @@ export class Dispatcher {
       replica = found instanceof Promise ? await found : found;
       return await this.onReplica(req, replica);
     } catch (err) {
-      return this.failure(req, err, replica);
+      return this.failure(req.op, req.replicaId, err, replica);
     }
   }
 
@@ -88,18 +111,12 @@ export class Dispatcher {
         return this.info(r);
       case Op.READ: {
         if (length > MAX_IO_BYTES) throw new RequestError(Status.EMSGSIZE, `READ of ${length} bytes exceeds the limit of ${MAX_IO_BYTES}`);
-        const data = await r.runFenced(epoch, offset, length, 'shared', () => r.read(offset, length));
+        const data = await fencedRead(r, epoch, offset, length);
         return { status: Status.OK, epoch: r.epoch, payload: data };
       }
       case Op.WRITE:
         if (req.payload.length !== length) throw new RequestError(Status.EINVAL, `WRITE length ${length} but payload of ${req.payload.length} bytes`);
-        await r.runFenced(epoch, offset, length, 'exclusive', async (lease) => {
-          await r.write(offset, req.payload);
-          if (fua) {
-            lease.release(); // durability needs no ordering against later writes
-            await r.flush();
-          }
-        });
+        await fencedWrite(r, epoch, offset, req.payload, fua);
         return { status: Status.OK, epoch: r.epoch };
       case Op.FLUSH:
         await r.runFencedUnlocked(epoch, async () => {
@@ -171,11 +188,12 @@ export class Dispatcher {
     }
   }
 
-  private failure(req: Request, err: unknown, replica: Replica | undefined): Outcome {
+  /** The outcome `execute` replies with for a failure (also used by the in-process fast path). */
+  failure(op: number, replicaId: string, err: unknown, replica: Replica | undefined): Outcome {
     const status = err instanceof RequestError ? err.status : statusForCode(errnoCode(err));
     const message = err instanceof Error ? err.message : String(err);
     if (status === Status.EIO && !(err instanceof RequestError)) {
-      this.logger.error({ err, op: OP_NAMES[req.op], replicaId: req.replicaId }, 'replica request failed');
+      this.logger.error({ err, op: OP_NAMES[op], replicaId }, 'replica request failed');
     }
     return { status, epoch: replica?.epoch ?? 0, payload: message.length > 0 ? Buffer.from(message, 'utf8') : EMPTY };
   }

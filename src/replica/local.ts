@@ -1,9 +1,14 @@
 // The channel from an engine to the replicas of its own node: requests go
 // straight to the replica server's dispatcher, with the same fencing, ordering
 // and error statuses as over TCP, but without the socket, framing and copies.
-import type { Dispatcher } from './dispatch';
+// READ and WRITE, the per-I/O path, skip building a request and an outcome
+// when the replica is open: fewer promise layers per I/O (each one costs a
+// thenable check on the resolved Buffer).
+import { type Dispatcher, fencedRead, fencedWrite } from './dispatch';
 import { ReplicaConnectionError, ReplicaOps, ReplicaRequestError } from './ops';
-import { OP_NAMES, type Op, type Reply, Status, statusName } from './protocol';
+import { isValidEpoch } from './meta';
+import { MAX_IO_BYTES, OP_NAMES, Op, type Reply, Status, statusName } from './protocol';
+import type { Replica } from './replica';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -17,6 +22,18 @@ export class LocalReplicaChannel extends ReplicaOps {
 
   constructor(private readonly dispatcher: Dispatcher) {
     super();
+  }
+
+  override read(replicaId: string, epoch: number, offset: number, length: number): Promise<Buffer> {
+    const replica = this.fastPath(replicaId, epoch, length);
+    if (!replica) return super.read(replicaId, epoch, offset, length);
+    return fencedRead(replica, epoch, offset, length).catch((err: unknown) => this.refuse(Op.READ, replicaId, err, replica));
+  }
+
+  override write(replicaId: string, epoch: number, offset: number, data: Uint8Array, opts: { fua?: boolean } = {}): Promise<void> {
+    const replica = this.fastPath(replicaId, epoch, data.length);
+    if (!replica) return super.write(replicaId, epoch, offset, data, opts);
+    return fencedWrite(replica, epoch, offset, data, opts.fua === true).catch((err: unknown) => this.refuse(Op.WRITE, replicaId, err, replica));
   }
 
   protected async send(op: Op, replicaId: string, epoch: number, offset: number, length: number, flags: number, payload?: Uint8Array): Promise<Reply> {
@@ -33,5 +50,17 @@ export class LocalReplicaChannel extends ReplicaOps {
   close(): Promise<void> {
     this.closed = true;
     return Promise.resolve();
+  }
+
+  /** The open replica when the request needs nothing but fencing and I/O; else undefined (full path). */
+  private fastPath(replicaId: string, epoch: number, length: number): Replica | undefined {
+    if (this.closed || length > MAX_IO_BYTES || !isValidEpoch(epoch)) return undefined;
+    return this.dispatcher.openReplica(replicaId);
+  }
+
+  /** The same error the full path would raise for this failure. */
+  private refuse(op: Op, replicaId: string, err: unknown, replica: Replica): never {
+    const outcome = this.dispatcher.failure(op, replicaId, err, replica);
+    throw new ReplicaRequestError(statusName(outcome.status), outcome.status, outcome.epoch, OP_NAMES[op], replicaId, (outcome.payload ?? EMPTY).toString('utf8'));
   }
 }

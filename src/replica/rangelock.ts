@@ -14,8 +14,9 @@ interface Entry {
   end: number;
   exclusive: boolean;
   released: boolean;
-  done: Promise<void>;
-  resolveDone: () => void;
+  /** Made only when a later operation has to wait for this one (most never do). */
+  done: Promise<void> | undefined;
+  resolveDone: (() => void) | undefined;
 }
 
 export interface RangeLease {
@@ -47,9 +48,7 @@ export class RangeLock {
     const end = offset + Math.max(length, 1);
     const exclusive = mode === 'exclusive';
     const waits = this.conflicts(start, end, exclusive);
-    let resolveDone!: () => void;
-    const done = new Promise<void>((resolve) => (resolveDone = resolve));
-    const entry: Entry = { start, end, exclusive, released: false, done, resolveDone };
+    const entry: Entry = { start, end, exclusive, released: false, done: undefined, resolveDone: undefined };
     this.entries.push(entry);
     const ready = waits.length === 0 ? READY : waits.length === 1 ? waits[0] : Promise.all(waits).then(() => undefined);
     return { ready, release: () => this.release(entry) };
@@ -68,7 +67,7 @@ export class RangeLock {
   private conflicts(start: number, end: number, exclusive: boolean): Promise<void>[] {
     const waits: Promise<void>[] = [];
     for (const e of this.entries) {
-      if ((exclusive || e.exclusive) && e.start < end && start < e.end) waits.push(e.done);
+      if ((exclusive || e.exclusive) && e.start < end && start < e.end) waits.push((e.done ??= new Promise<void>((resolve) => (e.resolveDone = resolve))));
     }
     return waits;
   }
@@ -79,6 +78,6 @@ export class RangeLock {
     const i = this.entries.indexOf(entry);
     invariant(i >= 0, 'released range lock entry is not held');
     this.entries.splice(i, 1);
-    entry.resolveDone();
+    entry.resolveDone?.();
   }
 }

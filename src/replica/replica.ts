@@ -133,9 +133,16 @@ export class Replica {
       for (let put = 0; put < data.length; ) put += fs.writeSync(this.fh.fd, data, put, Math.min(WRITE_PIECE, data.length - put), offset + put);
       return;
     }
-    let done = 0;
-    while (done < data.length) {
-      const bytesWritten = await this.rawCall<number>((fd, cb) => fs.write(fd, data, done, Math.min(WRITE_PIECE, data.length - done), offset + done, cb));
+    // Pieces in parallel on the threadpool; every one settles before this returns.
+    const pieces: Array<Promise<void>> = [];
+    for (let at = 0; at < data.length; at += WRITE_PIECE) pieces.push(this.writePiece(data, at, Math.min(WRITE_PIECE, data.length - at), offset + at));
+    const failed = (await Promise.allSettled(pieces)).find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+  }
+
+  private async writePiece(data: Uint8Array, at: number, length: number, position: number): Promise<void> {
+    for (let done = 0; done < length; ) {
+      const bytesWritten = await this.rawCall<number>((fd, cb) => fs.write(fd, data, at + done, length - done, position + done, cb));
       invariant(bytesWritten > 0, 'pwrite wrote nothing');
       done += bytesWritten;
     }

@@ -48,6 +48,32 @@ export class ByteQueue {
     if (chunk.length > 0) this.borrowed = chunk;
   }
 
+  /**
+   * Where the next received bytes may be read to directly: the rest of a
+   * message being gathered, when nothing is queued ahead of it. Saves copying
+   * most of a large payload a second time.
+   */
+  directTarget(): Buffer | undefined {
+    if (this.gathering === undefined || this.total > 0) return undefined;
+    return this.gathering.subarray(this.gathered);
+  }
+
+  /**
+   * Bytes the socket just received: either into `directTarget()` (already in
+   * place) or into the reused read buffer (borrowed until `settle()`).
+   */
+  pushReceived(chunk: Buffer): void {
+    const target = this.gathering;
+    const inPlace =
+      target !== undefined && this.total === 0 && chunk.buffer === target.buffer && chunk.byteOffset === target.byteOffset + this.gathered;
+    if (!inPlace) {
+      this.pushBorrowed(chunk);
+      return;
+    }
+    invariant(this.gathered + chunk.length <= target.length, 'received past the end of the message being gathered');
+    this.gathered += chunk.length;
+  }
+
   /** The borrowed chunk is about to be overwritten: copy what is left of it. */
   settle(): void {
     const chunk = this.borrowed;

@@ -17,12 +17,18 @@ interface StreamHandle {
 /**
  * From now on, hand every chunk the socket receives to `onChunk` as a view of
  * one reused buffer, valid only during the call (copy what must outlive it;
- * ByteQueue.pushBorrowed/settle do). Bytes the stream had already buffered are
+ * ByteQueue.pushReceived/settle do), or of the buffer `directTarget` offered
+ * for it (see ByteQueue.directTarget). Bytes the stream had already buffered are
  * passed on first, and 'data' listeners are removed (they would never fire
  * again). Returns false, changing nothing, where this Node version does not
  * support it; the 'data' listeners then keep working.
  */
-export function readIntoReusedBuffer(socket: Socket, onChunk: (chunk: Buffer) => void, size = SOCKET_READ_BUFFER): boolean {
+export function readIntoReusedBuffer(
+  socket: Socket,
+  onChunk: (chunk: Buffer) => void,
+  directTarget: () => Buffer | undefined = () => undefined,
+  size = SOCKET_READ_BUFFER,
+): boolean {
   const fields = socket as unknown as Record<symbol, unknown> & { _handle?: StreamHandle | null };
   const symbols = Object.getOwnPropertySymbols(socket);
   const kBuffer = symbols.find((s) => s.description === 'kBuffer');
@@ -38,10 +44,18 @@ export function readIntoReusedBuffer(socket: Socket, onChunk: (chunk: Buffer) =>
   const buffered: Buffer[] = [];
   for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) buffered.push(chunk);
   const buffer = Buffer.allocUnsafe(size);
+  // After every read Node asks where the next one goes: into the consumer's
+  // own message buffer when it has one waiting (it stays referenced from
+  // the socket until the next read is placed elsewhere), else the reused one.
+  let current: Buffer = buffer;
   fields[kBuffer] = buffer;
-  fields[kBufferGen] = null;
+  fields[kBufferGen] = (): Buffer => {
+    const target = directTarget();
+    current = target !== undefined && target.length > 0 ? target : buffer;
+    return current;
+  };
   fields[kBufferCb] = (bytes: number): boolean => {
-    onChunk(buffer.subarray(0, bytes));
+    onChunk(current.subarray(0, bytes));
     return true; // pausing is done explicitly with socket.pause()
   };
   handle.useUserBuffer(buffer);

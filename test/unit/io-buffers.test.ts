@@ -39,19 +39,28 @@ test('the pool keeps at most its cap idle and serves tiny buffers outside it', (
   assert.equal(pool.idleBytes, 2 * 1024 * 1024);
 });
 
-/** Feeds `stream` through one reused buffer, scribbling over it after every read, like a socket with `onread`. */
-function feedBorrowed(stream: Buffer, cuts: number[], onChunk: (chunk: Buffer) => void): void {
+/**
+ * Feeds `stream` like a socket reading into one reused buffer (scribbled over
+ * after every read), or straight into the buffer `direct` offers, as
+ * socket-input.ts does. Returns how many bytes went in directly.
+ */
+function feedBorrowed(stream: Buffer, cuts: number[], onChunk: (chunk: Buffer) => void, direct?: () => Buffer | undefined): number {
   const reused = Buffer.alloc(256 * 1024);
   let at = 0;
+  let directBytes = 0;
   for (const size of cuts) {
-    const n = Math.min(size, stream.length - at, reused.length);
+    const target = direct?.();
+    const into = target !== undefined && target.length > 0 ? target : reused;
+    const n = Math.min(size, stream.length - at, into.length);
     if (n <= 0) break;
-    stream.copy(reused, 0, at, at + n);
-    onChunk(reused.subarray(0, n));
+    stream.copy(into, 0, at, at + n);
+    if (into !== reused) directBytes += n;
+    onChunk(into.subarray(0, n));
     reused.fill(0xee); // the next read overwrites it
     at += n;
   }
   assert.equal(at, stream.length, 'cuts did not cover the stream');
+  return directBytes;
 }
 
 test('messages cut from borrowed chunks stay intact after the chunk is reused', () => {
@@ -112,14 +121,23 @@ test('replica request payloads decoded from a reused read buffer match what was 
     ]),
   );
   const stream = Buffer.concat(frames);
-  const d = new RequestDecoder();
-  const got: Buffer[] = [];
   const cuts = Array.from({ length: Math.ceil(stream.length / 1000) + 10 }, (_, i) => [17, 65_536, 256 * 1024, 999][i % 4]);
-  feedBorrowed(stream, cuts, (chunk) => {
-    d.push(chunk, true);
-    for (let r = d.next(); r; r = d.next()) got.push(r.payload);
-    d.settle();
-  });
-  assert.equal(got.length, payloads.length);
-  got.forEach((p, i) => assert.ok(p.equals(payloads[i]), `payload ${i} changed`));
+  for (const direct of [false, true]) {
+    const d = new RequestDecoder();
+    const got: Buffer[] = [];
+    const directBytes = feedBorrowed(
+      stream,
+      cuts,
+      (chunk) => {
+        d.push(chunk, true);
+        for (let r = d.next(); r; r = d.next()) got.push(r.payload);
+        d.settle();
+      },
+      direct ? () => d.directTarget() : undefined,
+    );
+    assert.equal(got.length, payloads.length);
+    got.forEach((p, i) => assert.ok(p.equals(payloads[i]), `payload ${i} changed (direct: ${direct})`));
+    // Most of the 1 MiB payload lands in place when the decoder offers its buffer.
+    if (direct) assert.ok(directBytes > 512 * 1024, `only ${directBytes} bytes went in directly`);
+  }
 });

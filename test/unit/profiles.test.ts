@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BUILTIN_PROFILES, parseProfile, resolveSpec, validateVolumeName } from '../../src/core/profiles';
-import { canAcknowledge, readSources, writeTargets } from '../../src/engine/replica-set';
+import { canAcknowledge, readSource, writeTargets } from '../../src/engine/replica-set';
 
 const GB = 1024 ** 3;
 
@@ -46,7 +46,9 @@ test('replica set rules: writes to in-sync and rebuilding, reads only in-sync, l
     { id: 'd', state: 'in-sync' as const, local: true },
   ];
   assert.deepEqual(writeTargets(rs).map((r) => r.id), ['b', 'c', 'd']);
-  assert.deepEqual(readSources(rs).map((r) => r.id), ['d', 'b']);
+  assert.equal(readSource(rs)?.id, 'd');
+  assert.equal(readSource(rs.map((r) => ({ ...r, local: false })))?.id, 'b');
+  assert.equal(readSource(rs.filter((r) => r.state !== 'in-sync')), undefined);
   assert.equal(canAcknowledge(rs), true);
   assert.equal(canAcknowledge(rs.filter((r) => r.state !== 'in-sync')), false);
 });
