@@ -382,7 +382,8 @@ export class VolumeEngine implements NbdBackend {
       // Stale copies miss this change: record where, durably, before it is acknowledged.
       let dirtied = false;
       for (const map of this.dirty.values()) dirtied = map.mark(offset, length) || dirtied;
-      await Promise.all([this.fanOut(op), dirtied ? this.persistDirtyMaps() : undefined]);
+      if (dirtied) await Promise.all([this.fanOut(op), this.persistDirtyMaps()]);
+      else await this.fanOut(op);
     } finally {
       this.inFlight.delete(range);
       lease.release();

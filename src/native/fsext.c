@@ -5,10 +5,14 @@
 //   allocate(fd, offset, length)   -> Promise<void>   fallocate(0): reserve blocks
 //   seekData(fd, offset)           -> number          lseek(SEEK_DATA), -1 on ENXIO
 //   seekHole(fd, offset)           -> number          lseek(SEEK_HOLE), -1 on ENXIO
+//   writePieces(fd, buf, offset, piece) -> Promise<void> pwrite all of buf, `piece` bytes per call
 //
 // fallocate can take long (allocating a large thick file, punching a heavily
 // fragmented range), so it runs on the libuv threadpool as napi_async_work.
-// The seeks only consult the extent tree and stay synchronous.
+// The seeks only consult the extent tree and stay synchronous. writePieces
+// exists because the kernel sizes page-cache folios by the write that creates
+// them (see WRITE_PIECE in src/replica/replica.ts): a large write is cut into
+// pieces, all in one threadpool job instead of one round trip per piece.
 // Errors are JS Errors with `code` set to the errno name (e.g. 'ENOSPC'),
 // `errno` set to the negated errno (as Node's fs errors do) and `syscall`.
 
@@ -17,6 +21,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <node_api.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +251,127 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return do_seek(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
 }
 
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref buffer_ref;  // keeps the data alive while the job runs
+  int fd;
+  const char* data;
+  size_t length;
+  int64_t offset;
+  size_t piece;
+  int err;
+} write_request;
+
+static void write_execute(napi_env env, void* data) {
+  (void)env;
+  write_request* req = data;
+  size_t done = 0;
+  req->err = 0;
+  while (done < req->length) {
+    size_t want = req->length - done;
+    if (want > req->piece) want = req->piece;
+    ssize_t n = pwrite(req->fd, req->data + done, want, (off_t)(req->offset + (int64_t)done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      req->err = errno;
+      return;
+    }
+    if (n == 0) {
+      req->err = EIO;  // pwrite of a non-empty range wrote nothing
+      return;
+    }
+    done += (size_t)n;
+  }
+}
+
+static void write_complete(napi_env env, napi_status status, void* data) {
+  write_request* req = data;
+  if (status != napi_ok) {
+    napi_value code, msg, error;
+    napi_create_string_utf8(env, "EFSEXT", NAPI_AUTO_LENGTH, &code);
+    napi_create_string_utf8(env, "write work was cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, code, msg, &error);
+    napi_reject_deferred(env, req->deferred, error);
+  } else if (req->err != 0) {
+    napi_reject_deferred(env, req->deferred, make_errno_error(env, req->err, "pwrite"));
+  } else {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, req->deferred, undefined);
+  }
+  napi_delete_reference(env, req->buffer_ref);
+  napi_delete_async_work(env, req->work);
+  free(req);
+}
+
+static napi_value write_pieces(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, buffer, offset, piece)");
+    return NULL;
+  }
+  int fd;
+  int64_t offset, piece;
+  bool is_typed_array = false;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  NAPI_CALL(env, napi_is_typedarray(env, argv[1], &is_typed_array));
+  if (!is_typed_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buffer must be a Uint8Array");
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t length;
+  void* bytes;
+  NAPI_CALL(env, napi_get_typedarray_info(env, argv[1], &type, &length, &bytes, NULL, NULL));
+  if (type != napi_uint8_array) {
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "buffer must be a Uint8Array");
+    return NULL;
+  }
+  if (!get_off(env, argv[2], "offset", &offset)) return NULL;
+  if (!get_off(env, argv[3], "piece", &piece)) return NULL;
+  if (piece <= 0) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "piece must be positive");
+    return NULL;
+  }
+
+  write_request* req = calloc(1, sizeof *req);
+  if (req == NULL) {
+    throw_errno(env, ENOMEM, "pwrite");
+    return NULL;
+  }
+  req->fd = fd;
+  req->data = bytes;
+  req->length = length;
+  req->offset = offset;
+  req->piece = (size_t)piece;
+
+  napi_value promise, resource_name;
+  if (napi_create_reference(env, argv[1], 1, &req->buffer_ref) != napi_ok) {
+    free(req);
+    napi_throw_error(env, "EFSEXT", "could not reference the buffer");
+    return NULL;
+  }
+  if (napi_create_promise(env, &req->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "fsext.writePieces", NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, write_execute, write_complete, req, &req->work) != napi_ok) {
+    napi_delete_reference(env, req->buffer_ref);
+    free(req);
+    napi_throw_error(env, "EFSEXT", "could not create async work");
+    return NULL;
+  }
+  if (napi_queue_async_work(env, req->work) != napi_ok) {
+    napi_delete_async_work(env, req->work);
+    napi_delete_reference(env, req->buffer_ref);
+    free(req);
+    napi_throw_error(env, "EFSEXT", "could not queue async work");
+    return NULL;
+  }
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -253,6 +379,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"allocate", NULL, allocate, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"writePieces", NULL, write_pieces, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

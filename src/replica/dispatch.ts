@@ -71,13 +71,33 @@ export class Dispatcher {
 
   /** The replica if it is open now (no lookup needed), for the in-process fast path. */
   openReplica(replicaId: string): Replica | undefined {
-    const found = this.locator.find(replicaId);
-    return found instanceof Promise ? undefined : found;
+    return this.locator.open(replicaId);
   }
 
+  /**
+   * Never rejects: failures become error outcomes. READ and WRITE on an open
+   * replica, the per-I/O case, take a short path with the same checks.
+   */
+  execute(req: Request): Promise<Outcome> {
+    if (req.refused === undefined && (req.op === Op.READ || req.op === Op.WRITE) && isValidEpoch(req.epoch)) {
+      const replica = this.openReplica(req.replicaId);
+      if (replica) return this.dataOp(req, replica);
+    }
+    return this.executeFull(req);
+  }
 
-  /** Never rejects: failures become error outcomes. */
-  async execute(req: Request): Promise<Outcome> {
+  private dataOp(req: Request, r: Replica): Promise<Outcome> {
+    const { epoch, offset, length } = req;
+    const onError = (err: unknown): Outcome => this.failure(req.op, req.replicaId, err, r);
+    if (req.op === Op.READ) {
+      if (length > MAX_IO_BYTES) return this.executeFull(req); // refused there
+      return fencedRead(r, epoch, offset, length).then((data): Outcome => ({ status: Status.OK, epoch: r.epoch, payload: data }), onError);
+    }
+    if (req.payload.length !== length) return this.executeFull(req); // refused there
+    return fencedWrite(r, epoch, offset, req.payload, (req.flags & Flag.FUA) !== 0).then((): Outcome => ({ status: Status.OK, epoch: r.epoch }), onError);
+  }
+
+  private async executeFull(req: Request): Promise<Outcome> {
     if (req.refused) return fail(req.refused.status, req.refused.message);
     let replica: Replica | undefined;
     try {

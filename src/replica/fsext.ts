@@ -10,6 +10,7 @@ interface FsextBinding {
   allocate(fd: number, offset: number, length: number): Promise<void>;
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
+  writePieces(fd: number, data: Uint8Array, offset: number, piece: number): Promise<void>;
 }
 
 export interface Extent {
@@ -39,6 +40,12 @@ function native(): FsextBinding {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   binding ??= require(findAddon()) as FsextBinding;
   return binding;
+}
+
+/** pwrite()s all of `data` at `offset`, at most `piece` bytes per call, in one threadpool job. Keep `data` unchanged until it settles. */
+export async function writePieces(fd: number, data: Uint8Array, offset: number, piece: number): Promise<void> {
+  if (data.length === 0) return;
+  await native().writePieces(fd, data, offset, piece);
 }
 
 /** Deallocates [offset, offset+length); reads return zeros; the file size is kept. */

@@ -14,12 +14,19 @@ export class ReplicaLocator {
 
   constructor(private readonly stores: ReadonlyMap<string, ReplicaStore>) {}
 
-  /** The open replica, or its opening; rejects with ENOENT if no drive has it. */
-  find(replicaId: string): Replica | Promise<Replica> {
+  /** The replica if it is open already; never starts a lookup. */
+  open(replicaId: string): Replica | undefined {
     for (const store of this.stores.values()) {
       const replica = store.cached(replicaId);
       if (replica) return replica;
     }
+    return undefined;
+  }
+
+  /** The open replica, or its opening; rejects with ENOENT if no drive has it. */
+  find(replicaId: string): Replica | Promise<Replica> {
+    const open = this.open(replicaId);
+    if (open) return open;
     let lookup = this.lookups.get(replicaId);
     if (!lookup) {
       lookup = this.findSlow(replicaId).finally(() => this.lookups.delete(replicaId));

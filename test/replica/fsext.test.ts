@@ -75,3 +75,28 @@ test('errors carry the errno name as code', async () => {
   assert.throws(() => fsext.seekData(-1, 0), RangeError);
   assert.throws(() => fsext.seekHole(0, -5), RangeError);
 });
+
+test('writePieces writes every byte at the offset, whatever the piece size, and reports errno names', async () => {
+  const fh = await fsp.open(path.join(dir, 'pieces'), 'w+');
+  try {
+    const data = randomBytes(5 * MiB + 123);
+    for (const piece of [64 * 1024, 1000, 5 * MiB + 123, 64 * MiB]) {
+      await fh.truncate(0);
+      await fsext.writePieces(fh.fd, data, 4096 + piece, piece);
+      const back = Buffer.alloc(data.length);
+      await fh.read(back, 0, back.length, 4096 + piece);
+      assert.ok(back.equals(data), `piece ${piece}`);
+      assert.equal((await fh.stat()).size, 4096 + piece + data.length);
+    }
+    await fsext.writePieces(fh.fd, Buffer.alloc(0), 0, 4096); // nothing to do
+    await assert.rejects(fsext.writePieces(fh.fd, data, 0, 0), /piece must be positive/);
+  } finally {
+    await fh.close();
+  }
+  const ro = await fsp.open(path.join(dir, 'pieces'), 'r');
+  try {
+    await assert.rejects(fsext.writePieces(ro.fd, randomBytes(4096), 0, 1024), (err: NodeJS.ErrnoException) => err.code === 'EBADF' && err.syscall === 'pwrite');
+  } finally {
+    await ro.close();
+  }
+});
