@@ -1,4 +1,4 @@
-// fsext: the few Linux file-space calls that Node.js does not expose.
+// fsext: the few Linux file and socket calls that Node.js does not expose.
 //
 //   punchHole(fd, offset, length)  -> Promise<void>   fallocate(PUNCH_HOLE|KEEP_SIZE)
 //   zeroRange(fd, offset, length)  -> Promise<void>   fallocate(ZERO_RANGE|KEEP_SIZE)
@@ -6,6 +6,7 @@
 //   seekData(fd, offset)           -> number          lseek(SEEK_DATA), -1 on ENXIO
 //   seekHole(fd, offset)           -> number          lseek(SEEK_HOLE), -1 on ENXIO
 //   writePieces(fd, buf, offset, piece) -> Promise<void> pwrite all of buf, `piece` bytes per call
+//   setRecvLowWater(fd, bytes)     -> void            setsockopt(SO_RCVLOWAT)
 //
 // fallocate can take long (allocating a large thick file, punching a heavily
 // fragmented range), so it runs on the libuv threadpool as napi_async_work.
@@ -26,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 // Largest integer a JS number holds exactly: offsets beyond it cannot be
@@ -62,6 +64,8 @@ static const char* errno_name(int e) {
     case ESPIPE: return "ESPIPE";
     case EROFS: return "EROFS";
     case ENOSYS: return "ENOSYS";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
     case EOVERFLOW: return "EOVERFLOW";
     case EOPNOTSUPP: return "EOPNOTSUPP";
     case EDQUOT: return "EDQUOT";
@@ -372,6 +376,33 @@ static napi_value write_pieces(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// SO_RCVLOWAT: a TCP socket wakes its reader only once this many bytes are
+// queued. While a large message is being received, that saves a wake-up per
+// segment (each one an inter-processor interrupt in a VM).
+static napi_value set_recv_low_water(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, bytes)");
+    return NULL;
+  }
+  int fd;
+  int64_t bytes;
+  if (!get_fd(env, argv[0], &fd)) return NULL;
+  if (!get_off(env, argv[1], "bytes", &bytes)) return NULL;
+  if (bytes < 1 || bytes > 2147483647) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "bytes must be between 1 and 2^31-1");
+    return NULL;
+  }
+  int value = (int)bytes;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &value, sizeof value) != 0) {
+    throw_errno(env, errno, "setsockopt(SO_RCVLOWAT)");
+    return NULL;
+  }
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -380,6 +411,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writePieces", NULL, write_pieces, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setRecvLowWater", NULL, set_recv_low_water, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -2,7 +2,7 @@
 // Pure: no sockets here. Decoders are fed chunks and hand out whole frames.
 import { invariant } from '../util/errors';
 import { ByteQueue } from '../util/byte-queue';
-import type { Extent } from './fsext';
+import type { Extent } from '../native/fsext';
 import {
   MAX_CONTROL_PAYLOAD,
   MAX_IO_BYTES,

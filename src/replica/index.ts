@@ -2,7 +2,7 @@
 // replication engine (client side) import.
 export { ReplicaClient, ReplicaConnectionError, ReplicaRequestError, type ReplicaClientOptions } from './client';
 export { ReplicaError } from './errors';
-export { type Extent } from './fsext';
+export { type Extent } from '../native/fsext';
 export { REPLICA_STATES, type ReplicaMeta, type ReplicaState } from './meta';
 export { MAX_IO_BYTES, type ReplicaInfo } from './protocol';
 export { Replica } from './replica';

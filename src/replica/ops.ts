@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import { invariant } from '../util/errors';
 import { decodeAllocMap, decodeJson, encodeJson } from './codec';
-import type { Extent } from './fsext';
+import type { Extent } from '../native/fsext';
 import type { ReplicaState } from './meta';
 import { type CreatePayload, Flag, Op, type ReplicaInfo, type Reply } from './protocol';
 

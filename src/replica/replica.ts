@@ -8,7 +8,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { invariant } from '../util/errors';
 import { ioBuffers } from '../util/buffer-pool';
 import { ReplicaError, errnoCode, staleEpoch } from './errors';
-import * as fsext from './fsext';
+import * as fsext from '../native/fsext';
 import { type ReplicaMeta, type ReplicaState, isValidEpoch, isValidSize, writeMeta } from './meta';
 import { type LockMode, type RangeLease, RangeLock } from './rangelock';
 
@@ -41,7 +41,7 @@ const SYNC_WRITE_MAX = 4 * 1024 * 1024;
  * pages at random, so small folios are the better trade; 1 MiB sequential
  * writes lost about a fifth of their speed (see bench/ and the README).
  */
-const WRITE_PIECE = 64 * 1024;
+const WRITE_PIECE = 16 * 1024;
 const syncIo = process.env.CIO_SYNC_IO !== '0';
 
 export class Replica {

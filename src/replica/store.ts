@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { invariant } from '../util/errors';
 import { ReplicaError, errnoCode, staleEpoch } from './errors';
-import * as fsext from './fsext';
+import * as fsext from '../native/fsext';
 import { type ReplicaMeta, type ReplicaState, isValidEpoch, isValidReplicaId, isValidSize, readMeta, syncDir, writeMeta } from './meta';
 import { Replica } from './replica';
 

@@ -6,13 +6,18 @@
 // only offers that for sockets it connects, not for accepted ones; this sets
 // the same per-socket fields the option sets, which works on any socket.
 import type { Socket } from 'node:net';
+import { setRecvLowWater } from '../native/fsext';
 
 /** Size of the reused buffer: above a Unix or loopback socket's receive buffer, so one read drains it. */
 export const SOCKET_READ_BUFFER = 256 * 1024;
 
 interface StreamHandle {
   useUserBuffer?: (buf: Uint8Array) => void;
+  fd?: number;
 }
+
+/** Largest SO_RCVLOWAT asked for (the kernel caps it at half the receive buffer anyway). */
+const LOW_WATER_MAX = 512 * 1024;
 
 /**
  * From now on, hand every chunk the socket receives to `onChunk` as a view of
@@ -48,10 +53,16 @@ export function readIntoReusedBuffer(
   // own message buffer when it has one waiting (it stays referenced from
   // the socket until the next read is placed elsewhere), else the reused one.
   let current: Buffer = buffer;
+  // While a message of known size is arriving over TCP, the socket wakes us
+  // only once the rest of it (up to LOW_WATER_MAX) is there, instead of once
+  // per segment. The mark never exceeds what is still to come, so the last
+  // bytes of a message always wake us; between messages it is 1 again.
+  const lowWater = socket.remotePort !== undefined && typeof handle.fd === 'number' && handle.fd >= 0 ? new LowWater(handle.fd) : undefined;
   fields[kBuffer] = buffer;
   fields[kBufferGen] = (): Buffer => {
     const target = directTarget();
     current = target !== undefined && target.length > 0 ? target : buffer;
+    lowWater?.set(current === buffer ? 1 : Math.min(current.length, LOW_WATER_MAX));
     return current;
   };
   fields[kBufferCb] = (bytes: number): boolean => {
@@ -61,4 +72,23 @@ export function readIntoReusedBuffer(
   handle.useUserBuffer(buffer);
   for (const chunk of buffered) onChunk(chunk);
   return true;
+}
+
+/** The socket's SO_RCVLOWAT, set only when it changes; given up on if the call fails. */
+class LowWater {
+  private bytes = 1;
+  private broken = false;
+
+  constructor(private readonly fd: number) {}
+
+  set(bytes: number): void {
+    if (bytes === this.bytes || this.broken) return;
+    try {
+      setRecvLowWater(this.fd, bytes);
+      this.bytes = bytes;
+    } catch {
+      // A closed or unusual socket: reads still work, with a wake-up per segment.
+      this.broken = true;
+    }
+  }
 }

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import * as fsext from '../../src/replica/fsext';
+import * as fsext from '../../src/native/fsext';
 import { Cleanup, randomBytes, tempDir } from './helpers';
 
 const MiB = 1024 * 1024;
@@ -98,5 +99,37 @@ test('writePieces writes every byte at the offset, whatever the piece size, and 
     await assert.rejects(fsext.writePieces(ro.fd, randomBytes(4096), 0, 1024), (err: NodeJS.ErrnoException) => err.code === 'EBADF' && err.syscall === 'pwrite');
   } finally {
     await ro.close();
+  }
+});
+
+test('setRecvLowWater holds back a TCP reader until that many bytes are queued', async () => {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const peer = await accepted;
+  try {
+    const fd = (peer as unknown as { _handle: { fd: number } })._handle.fd;
+    fsext.setRecvLowWater(fd, 100_000);
+    const chunks: Buffer[] = [];
+    peer.on('data', (c: Buffer) => chunks.push(c));
+    client.write(randomBytes(1000));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(chunks.length, 0, 'woken before the low-water mark was reached');
+    client.write(randomBytes(99_000));
+    for (let i = 0; i < 100 && chunks.reduce((n, c) => n + c.length, 0) < 100_000; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(chunks.reduce((n, c) => n + c.length, 0), 100_000);
+    fsext.setRecvLowWater(fd, 1);
+    assert.throws(() => fsext.setRecvLowWater(fd, 0), RangeError);
+  } finally {
+    client.destroy();
+    peer.destroy();
+    await new Promise((r) => server.close(r));
+  }
+  const fh = await fsp.open(path.join(dir, 'not-a-socket'), 'w+');
+  try {
+    assert.throws(() => fsext.setRecvLowWater(fh.fd, 4096), (err: NodeJS.ErrnoException) => err.code === 'ENOTSOCK');
+  } finally {
+    await fh.close();
   }
 });

@@ -1,5 +1,6 @@
-// Typed access to the native fsext addon (src/native/fsext.c): hole punching,
-// preallocation and SEEK_DATA/SEEK_HOLE, which Node.js does not expose.
+// Typed access to the native fsext addon (fsext.c beside this file): hole
+// punching, preallocation, SEEK_DATA/SEEK_HOLE, pwrite in pieces and
+// SO_RCVLOWAT, which Node.js does not expose.
 // Built by `node-gyp rebuild` into <repo>/build/Release/fsext.node.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,6 +12,7 @@ interface FsextBinding {
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
   writePieces(fd: number, data: Uint8Array, offset: number, piece: number): Promise<void>;
+  setRecvLowWater(fd: number, bytes: number): void;
 }
 
 export interface Extent {
@@ -23,8 +25,8 @@ const ADDON_RELATIVE_PATH = path.join('build', 'Release', 'fsext.node');
 let binding: FsextBinding | undefined;
 
 /**
- * The addon sits at the repository root, while this file runs from src/replica
- * (ts sources) or dist/src/replica (compiled): walk up until it is found.
+ * The addon sits at the repository root, while this file runs from src/native
+ * (ts sources) or dist/src/native (compiled): walk up until it is found.
  */
 function findAddon(): string {
   let dir = __dirname;
@@ -46,6 +48,11 @@ function native(): FsextBinding {
 export async function writePieces(fd: number, data: Uint8Array, offset: number, piece: number): Promise<void> {
   if (data.length === 0) return;
   await native().writePieces(fd, data, offset, piece);
+}
+
+/** setsockopt(SO_RCVLOWAT): the socket reports readable once `bytes` are queued (or at EOF). */
+export function setRecvLowWater(fd: number, bytes: number): void {
+  native().setRecvLowWater(fd, bytes);
 }
 
 /** Deallocates [offset, offset+length); reads return zeros; the file size is kept. */
