@@ -2,6 +2,9 @@
 // NBD export, beside baselines measured in the same run on the same disk:
 // nbdkit's file plugin (the NBD path's limit) and fio on the raw file (the
 // disk's limit). Prints figures and ratios; asserts nothing about time.
+// On a shared 2-core machine one fio run varies by ±10%, so every target is
+// measured in BENCH_ROUNDS rounds (targets taken in turn within a round, so a
+// slow spell hits all of them) and the median is reported, with the spread.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -11,7 +14,8 @@ import { mustRun } from '../test/helpers/tools';
 import type { VolumeRecord } from '../src/core/types';
 
 const SIZE = '256M';
-const RUNTIME_S = Number(process.env.BENCH_RUNTIME ?? 8);
+const RUNTIME_S = Number(process.env.BENCH_RUNTIME ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 
 interface Job {
   name: string;
@@ -47,6 +51,16 @@ function fmt(v: number, metric: Job['metric']): string {
   return metric === 'iops' ? `${Math.round(v)} IOPS` : `${v.toFixed(0)} MiB/s`;
 }
 
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function pct(v: number, of: number): string {
+  return `${Math.round((100 * v) / of)}%`;
+}
+
 async function prefill(target: Target): Promise<void> {
   await mustRun('fio', ['--name=prefill', ...target.args, '--rw=write', '--bs=1M', '--iodepth=4', `--size=${SIZE}`, '--output-format=json']);
 }
@@ -80,21 +94,31 @@ async function main(): Promise<void> {
       targets.push({ label: `cio ${level}-copy`, args: ['--ioengine=nbd', `--uri=${vol.attachment!.uri}`] });
     }
 
-    const results = new Map<string, number[]>();
     for (const t of targets) {
-      process.stderr.write(`measuring ${t.label}…\n`);
+      process.stderr.write(`filling ${t.label}…\n`);
       await prefill(t);
-      const row: number[] = [];
-      for (const job of JOBS) row.push(await fio(t, job));
-      results.set(t.label, row);
     }
+    // samples[target][job] = one figure per round
+    const samples = new Map<string, number[][]>(targets.map((t) => [t.label, JOBS.map(() => [])]));
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const t of targets) {
+        process.stderr.write(`round ${round}/${ROUNDS}: measuring ${t.label}…\n`);
+        for (const [i, job] of JOBS.entries()) samples.get(t.label)![i].push(await fio(t, job));
+      }
+    }
+    const results = new Map<string, number[]>([...samples].map(([label, perJob]) => [label, perJob.map(median)]));
 
     const base = results.get('nbdkit file')!;
     const raw = results.get('raw file (fio libaio, direct)')!;
-    console.log(`\ncio data path benchmark (fio nbd engine, ${RUNTIME_S}s per job, ${SIZE} working set, same disk)\n`);
+    console.log(`\ncio data path benchmark (fio nbd engine, ${RUNTIME_S}s per job, median of ${ROUNDS} rounds, ${SIZE} working set, same disk)\n`);
     console.log(`${'target'.padEnd(32)}${JOBS.map((j) => j.name.padStart(20)).join('')}`);
     for (const [label, row] of results) {
       console.log(`${label.padEnd(32)}${row.map((v, i) => fmt(v, JOBS[i].metric).padStart(20)).join('')}`);
+    }
+    console.log(`\nspread over the rounds (lowest-highest, as a share of the median)`);
+    for (const [label, perJob] of samples) {
+      const row = perJob.map((xs) => `${pct(Math.min(...xs), median(xs))}..${pct(Math.max(...xs), median(xs))}`);
+      console.log(`${label.padEnd(32)}${row.map((c) => c.padStart(20)).join('')}`);
     }
     console.log(`\nratios against nbdkit file (goal: 1-copy >= 0.7, 3-copy writes >= 0.4)`);
     for (const [label, row] of results) {

@@ -1,7 +1,7 @@
 // The agent's HTTPS API, used by the CLI (and later the dashboard). Every route
 // is authenticated (auth.ts); errors are JSON `{ error: "one sentence" }`.
 import { readFileSync } from 'node:fs';
-import Fastify, { type FastifyBaseLogger } from 'fastify';
+import Fastify, { type FastifyBaseLogger, LogController } from 'fastify';
 import type { Etcd3 } from 'etcd3';
 import { summarizeCluster } from '../core/cluster-summary';
 import type { NodeRecord } from '../core/types';
@@ -37,7 +37,7 @@ const MAX_EVENTS = 10_000;
 export async function startApi(ctx: ApiContext, opts: ApiOptions): Promise<{ close(): Promise<void> }> {
   const app = Fastify({
     loggerInstance: ctx.logger.child({ component: 'api' }) as FastifyBaseLogger,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     https: {
       ca: readFileSync(opts.tls.ca),
       cert: readFileSync(opts.tls.cert),

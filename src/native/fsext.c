@@ -130,6 +130,27 @@ static int get_off(napi_env env, napi_value value, const char* what, int64_t* ou
   return 1;
 }
 
+// Creates the promise and queues `execute` on the threadpool; `complete`
+// settles it (see settle_job). Returns NULL, with a JS error thrown and
+// nothing left queued, if that fails; the caller then frees its request.
+static napi_value queue_job(napi_env env, const char* name, napi_async_execute_callback execute,
+                           napi_async_complete_callback complete, void* req, napi_deferred* deferred,
+                           napi_async_work* work) {
+  napi_value promise, resource_name;
+  if (napi_create_promise(env, deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, execute, complete, req, work) != napi_ok) {
+    napi_throw_error(env, "EFSEXT", "could not create async work");
+    return NULL;
+  }
+  if (napi_queue_async_work(env, *work) != napi_ok) {
+    napi_delete_async_work(env, *work);
+    napi_throw_error(env, "EFSEXT", "could not queue async work");
+    return NULL;
+  }
+  return promise;
+}
+
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -150,21 +171,27 @@ static void falloc_execute(napi_env env, void* data) {
   req->err = rc == 0 ? 0 : errno;
 }
 
-static void falloc_complete(napi_env env, napi_status status, void* data) {
-  falloc_request* req = data;
+// Settles the promise of a finished threadpool job: cancelled, failed with
+// errno `err` in `syscall`, or done.
+static void settle_job(napi_env env, napi_status status, napi_deferred deferred, int err, const char* syscall) {
   if (status != napi_ok) {
     napi_value code, msg, error;
     napi_create_string_utf8(env, "EFSEXT", NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, "fallocate work was cancelled", NAPI_AUTO_LENGTH, &msg);
+    napi_create_string_utf8(env, "threadpool work was cancelled", NAPI_AUTO_LENGTH, &msg);
     napi_create_error(env, code, msg, &error);
-    napi_reject_deferred(env, req->deferred, error);
-  } else if (req->err != 0) {
-    napi_reject_deferred(env, req->deferred, make_errno_error(env, req->err, "fallocate"));
+    napi_reject_deferred(env, deferred, error);
+  } else if (err != 0) {
+    napi_reject_deferred(env, deferred, make_errno_error(env, err, syscall));
   } else {
     napi_value undefined;
     napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, req->deferred, undefined);
+    napi_resolve_deferred(env, deferred, undefined);
   }
+}
+
+static void falloc_complete(napi_env env, napi_status status, void* data) {
+  falloc_request* req = data;
+  settle_job(env, status, req->deferred, req->err, "fallocate");
   napi_delete_async_work(env, req->work);
   free(req);
 }
@@ -193,20 +220,8 @@ static napi_value start_falloc(napi_env env, napi_callback_info info, int mode, 
   req->offset = offset;
   req->length = length;
 
-  napi_value promise, resource_name;
-  if (napi_create_promise(env, &req->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
-      napi_create_async_work(env, NULL, resource_name, falloc_execute, falloc_complete, req, &req->work) != napi_ok) {
-    free(req);
-    napi_throw_error(env, "EFSEXT", "could not create async work");
-    return NULL;
-  }
-  if (napi_queue_async_work(env, req->work) != napi_ok) {
-    napi_delete_async_work(env, req->work);
-    free(req);
-    napi_throw_error(env, "EFSEXT", "could not queue async work");
-    return NULL;
-  }
+  napi_value promise = queue_job(env, name, falloc_execute, falloc_complete, req, &req->deferred, &req->work);
+  if (promise == NULL) free(req);
   return promise;
 }
 
@@ -291,19 +306,7 @@ static void write_execute(napi_env env, void* data) {
 
 static void write_complete(napi_env env, napi_status status, void* data) {
   write_request* req = data;
-  if (status != napi_ok) {
-    napi_value code, msg, error;
-    napi_create_string_utf8(env, "EFSEXT", NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, "write work was cancelled", NAPI_AUTO_LENGTH, &msg);
-    napi_create_error(env, code, msg, &error);
-    napi_reject_deferred(env, req->deferred, error);
-  } else if (req->err != 0) {
-    napi_reject_deferred(env, req->deferred, make_errno_error(env, req->err, "pwrite"));
-  } else {
-    napi_value undefined;
-    napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, req->deferred, undefined);
-  }
+  settle_job(env, status, req->deferred, req->err, "pwrite");
   napi_delete_reference(env, req->buffer_ref);
   napi_delete_async_work(env, req->work);
   free(req);
@@ -352,26 +355,15 @@ static napi_value write_pieces(napi_env env, napi_callback_info info) {
   req->offset = offset;
   req->piece = (size_t)piece;
 
-  napi_value promise, resource_name;
   if (napi_create_reference(env, argv[1], 1, &req->buffer_ref) != napi_ok) {
     free(req);
     napi_throw_error(env, "EFSEXT", "could not reference the buffer");
     return NULL;
   }
-  if (napi_create_promise(env, &req->deferred, &promise) != napi_ok ||
-      napi_create_string_utf8(env, "fsext.writePieces", NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
-      napi_create_async_work(env, NULL, resource_name, write_execute, write_complete, req, &req->work) != napi_ok) {
+  napi_value promise = queue_job(env, "fsext.writePieces", write_execute, write_complete, req, &req->deferred, &req->work);
+  if (promise == NULL) {
     napi_delete_reference(env, req->buffer_ref);
     free(req);
-    napi_throw_error(env, "EFSEXT", "could not create async work");
-    return NULL;
-  }
-  if (napi_queue_async_work(env, req->work) != napi_ok) {
-    napi_delete_async_work(env, req->work);
-    napi_delete_reference(env, req->buffer_ref);
-    free(req);
-    napi_throw_error(env, "EFSEXT", "could not queue async work");
-    return NULL;
   }
   return promise;
 }

@@ -67,20 +67,9 @@ function requestPayloadLimit(op: number): number {
   return op === Op.WRITE ? MAX_IO_BYTES : MAX_CONTROL_PAYLOAD;
 }
 
-/**
- * Cuts request frames out of the byte stream. A bad magic throws
- * ProtocolError (the stream cannot be resynchronised: close it); an
- * oversized payload is skipped and the request returned with `refused` set,
- * so the connection lives on.
- */
-export class RequestDecoder {
-  private readonly queue = new ByteQueue();
-  private pending: Request | undefined; // header decoded, payload not yet complete
-  private discarding = 0;
-
-  get bufferedBytes(): number {
-    return this.queue.length;
-  }
+/** The input side both decoders share: received chunks, borrowed or owned, and payloads gathered in place. */
+abstract class FrameDecoder {
+  protected readonly queue = new ByteQueue();
 
   /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
   push(chunk: Buffer, borrowed = false): void {
@@ -93,10 +82,26 @@ export class RequestDecoder {
     return this.queue.directTarget();
   }
 
-  /** Call once the requests decodable now have been taken: keeps what is left of a borrowed chunk. */
+  /** Call once the frames decodable now have been taken: keeps what is left of a borrowed chunk. */
   settle(): void {
     this.queue.settle();
   }
+}
+
+/**
+ * Cuts request frames out of the byte stream. A bad magic throws
+ * ProtocolError (the stream cannot be resynchronised: close it); an
+ * oversized payload is skipped and the request returned with `refused` set,
+ * so the connection lives on.
+ */
+export class RequestDecoder extends FrameDecoder {
+  private pending: Request | undefined; // header decoded, payload not yet complete
+  private discarding = 0;
+
+  get bufferedBytes(): number {
+    return this.queue.length;
+  }
+
 
   /** Hands over bytes that arrived before the decoder took over the stream. */
   takeOver(queue: ByteQueue): void {
@@ -149,25 +154,9 @@ export class RequestDecoder {
 }
 
 /** Cuts reply frames out of the byte stream; anything malformed throws ProtocolError. */
-export class ReplyDecoder {
-  private readonly queue = new ByteQueue();
+export class ReplyDecoder extends FrameDecoder {
   private pending: Reply | undefined;
 
-  /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
-  push(chunk: Buffer, borrowed = false): void {
-    if (borrowed) this.queue.pushReceived(chunk);
-    else this.queue.push(chunk);
-  }
-
-  /** Where the socket may put its next bytes directly (a payload being gathered). */
-  directTarget(): Buffer | undefined {
-    return this.queue.directTarget();
-  }
-
-  /** Call once the replies decodable now have been taken: keeps what is left of a borrowed chunk. */
-  settle(): void {
-    this.queue.settle();
-  }
 
   next(): Reply | undefined {
     if (this.pending === undefined) {

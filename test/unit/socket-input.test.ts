@@ -37,7 +37,7 @@ test('an accepted socket reads into the reused buffer, earlier bytes first, dire
     const views = new Set<ArrayBufferLike>();
     // Like ByteQueue: once a message buffer (`target`) is waiting, bytes go
     // into it, either in place or copied from the reused buffer.
-    let target: Buffer | undefined;
+    let target: Buffer | undefined = undefined;
     let filled = 0;
     let inPlace = 0;
     const switched = readIntoReusedBuffer(
