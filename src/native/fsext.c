@@ -237,18 +237,28 @@ static napi_value allocate(napi_env env, napi_callback_info info) {
   return start_falloc(env, info, 0, "fsext.allocate");
 }
 
-static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char* syscall) {
+// Reads the arguments (fd, <name>) where <name> is a non-negative safe
+// integer. Throws and returns 0 on failure.
+static int get_fd_and_number(napi_env env, napi_callback_info info, const char* name, int* fd, int64_t* value) {
   size_t argc = 2;
   napi_value argv[2];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, offset)");
-    return NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, "EFSEXT", "N-API call failed: napi_get_cb_info");
+    return 0;
   }
+  if (argc < 2) {
+    char usage[64];
+    snprintf(usage, sizeof usage, "expected (fd, %s)", name);
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
+    return 0;
+  }
+  return get_fd(env, argv[0], fd) && get_off(env, argv[1], name, value);
+}
+
+static napi_value do_seek(napi_env env, napi_callback_info info, int whence, const char* syscall) {
   int fd;
   int64_t offset;
-  if (!get_fd(env, argv[0], &fd)) return NULL;
-  if (!get_off(env, argv[1], "offset", &offset)) return NULL;
+  if (!get_fd_and_number(env, info, "offset", &fd, &offset)) return NULL;
   off_t pos = lseek(fd, (off_t)offset, whence);
   if (pos < 0) {
     if (errno != ENXIO) {
@@ -372,17 +382,9 @@ static napi_value write_pieces(napi_env env, napi_callback_info info) {
 // queued. While a large message is being received, that saves a wake-up per
 // segment (each one an inter-processor interrupt in a VM).
 static napi_value set_recv_low_water(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, bytes)");
-    return NULL;
-  }
   int fd;
   int64_t bytes;
-  if (!get_fd(env, argv[0], &fd)) return NULL;
-  if (!get_off(env, argv[1], "bytes", &bytes)) return NULL;
+  if (!get_fd_and_number(env, info, "bytes", &fd, &bytes)) return NULL;
   if (bytes < 1 || bytes > 2147483647) {
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "bytes must be between 1 and 2^31-1");
     return NULL;
