@@ -130,6 +130,21 @@ static int get_off(napi_env env, napi_value value, const char* what, int64_t* ou
   return 1;
 }
 
+// Reads exactly `count` arguments into argv. Throws (ERR_MISSING_ARGS with
+// `usage`) and returns 0 if fewer were passed.
+static int get_args(napi_env env, napi_callback_info info, size_t count, napi_value* argv, const char* usage) {
+  size_t argc = count;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, "EFSEXT", "N-API call failed: napi_get_cb_info");
+    return 0;
+  }
+  if (argc < count) {
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
+    return 0;
+  }
+  return 1;
+}
+
 // Creates the promise and queues `execute` on the threadpool; `complete`
 // settles it (see settle_job). Returns NULL, with a JS error thrown and
 // nothing left queued, if that fails; the caller then frees its request.
@@ -197,13 +212,8 @@ static void falloc_complete(napi_env env, napi_status status, void* data) {
 }
 
 static napi_value start_falloc(napi_env env, napi_callback_info info, int mode, const char* name) {
-  size_t argc = 3;
   napi_value argv[3];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 3) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, offset, length)");
-    return NULL;
-  }
+  if (!get_args(env, info, 3, argv, "expected (fd, offset, length)")) return NULL;
   int fd;
   int64_t offset, length;
   if (!get_fd(env, argv[0], &fd)) return NULL;
@@ -240,18 +250,10 @@ static napi_value allocate(napi_env env, napi_callback_info info) {
 // Reads the arguments (fd, <name>) where <name> is a non-negative safe
 // integer. Throws and returns 0 on failure.
 static int get_fd_and_number(napi_env env, napi_callback_info info, const char* name, int* fd, int64_t* value) {
-  size_t argc = 2;
   napi_value argv[2];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
-    napi_throw_error(env, "EFSEXT", "N-API call failed: napi_get_cb_info");
-    return 0;
-  }
-  if (argc < 2) {
-    char usage[64];
-    snprintf(usage, sizeof usage, "expected (fd, %s)", name);
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", usage);
-    return 0;
-  }
+  char usage[64];
+  snprintf(usage, sizeof usage, "expected (fd, %s)", name);
+  if (!get_args(env, info, 2, argv, usage)) return 0;
   return get_fd(env, argv[0], fd) && get_off(env, argv[1], name, value);
 }
 
@@ -323,13 +325,8 @@ static void write_complete(napi_env env, napi_status status, void* data) {
 }
 
 static napi_value write_pieces(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 4) {
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", "expected (fd, buffer, offset, piece)");
-    return NULL;
-  }
+  if (!get_args(env, info, 4, argv, "expected (fd, buffer, offset, piece)")) return NULL;
   int fd;
   int64_t offset, piece;
   bool is_typed_array = false;

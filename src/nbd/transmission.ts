@@ -97,8 +97,7 @@ export class Transmission {
   /** Input from the socket; a `borrowed` chunk is valid only during this call (see ByteQueue). */
   onData(chunk: Buffer, borrowed = false): void {
     if (this.stopped && this.discardRemaining === 0 && this.awaitingPayload === undefined) return;
-    if (borrowed) this.queue.pushReceived(chunk);
-    else this.queue.push(chunk);
+    this.queue.receive(chunk, borrowed);
     this.parse();
     this.queue.settle();
   }

@@ -73,8 +73,7 @@ abstract class FrameDecoder {
 
   /** Queue received bytes; a `borrowed` chunk is valid only until `settle()` (see ByteQueue). */
   push(chunk: Buffer, borrowed = false): void {
-    if (borrowed) this.queue.pushReceived(chunk);
-    else this.queue.push(chunk);
+    this.queue.receive(chunk, borrowed);
   }
 
   /** Where the socket may put its next bytes directly (a payload being gathered). */
@@ -101,7 +100,6 @@ export class RequestDecoder extends FrameDecoder {
   get bufferedBytes(): number {
     return this.queue.length;
   }
-
 
   /** Hands over bytes that arrived before the decoder took over the stream. */
   takeOver(queue: ByteQueue): void {
@@ -156,7 +154,6 @@ export class RequestDecoder extends FrameDecoder {
 /** Cuts reply frames out of the byte stream; anything malformed throws ProtocolError. */
 export class ReplyDecoder extends FrameDecoder {
   private pending: Reply | undefined;
-
 
   next(): Reply | undefined {
     if (this.pending === undefined) {

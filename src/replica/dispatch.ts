@@ -69,8 +69,13 @@ export class Dispatcher {
     private readonly logger: Logger,
   ) {}
 
-  /** The replica if it is open now (no lookup needed), for the in-process fast path. */
-  openReplica(replicaId: string): Replica | undefined {
+  /**
+   * The replica a READ or WRITE of `length` bytes at `epoch` may go to
+   * straight away: open already (no lookup), with nothing for the full path
+   * to refuse. Undefined means: take the full path (`execute`).
+   */
+  shortPathReplica(replicaId: string, epoch: number, length: number): Replica | undefined {
+    if (length > MAX_IO_BYTES || !isValidEpoch(epoch)) return undefined;
     return this.locator.open(replicaId);
   }
 
@@ -79,21 +84,17 @@ export class Dispatcher {
    * replica, the per-I/O case, take a short path with the same checks.
    */
   execute(req: Request): Promise<Outcome> {
-    if (req.refused === undefined && (req.op === Op.READ || req.op === Op.WRITE) && isValidEpoch(req.epoch)) {
-      const replica = this.openReplica(req.replicaId);
-      if (replica) return this.dataOp(req, replica);
-    }
-    return this.executeFull(req);
+    const dataOp = req.refused === undefined && (req.op === Op.READ || (req.op === Op.WRITE && req.payload.length === req.length));
+    const replica = dataOp ? this.shortPathReplica(req.replicaId, req.epoch, req.length) : undefined;
+    return replica ? this.dataOp(req, replica) : this.executeFull(req);
   }
 
   private dataOp(req: Request, r: Replica): Promise<Outcome> {
     const { epoch, offset, length } = req;
     const onError = (err: unknown): Outcome => this.failure(req.op, req.replicaId, err, r);
     if (req.op === Op.READ) {
-      if (length > MAX_IO_BYTES) return this.executeFull(req); // refused there
       return fencedRead(r, epoch, offset, length).then((data): Outcome => ({ status: Status.OK, epoch: r.epoch, payload: data }), onError);
     }
-    if (req.payload.length !== length) return this.executeFull(req); // refused there
     return fencedWrite(r, epoch, offset, req.payload, (req.flags & Flag.FUA) !== 0).then((): Outcome => ({ status: Status.OK, epoch: r.epoch }), onError);
   }
 

@@ -4,10 +4,9 @@
 // READ and WRITE, the per-I/O path, skip building a request and an outcome
 // when the replica is open: fewer promise layers per I/O (each one costs a
 // thenable check on the resolved Buffer).
-import { type Dispatcher, fencedRead, fencedWrite } from './dispatch';
+import { type Dispatcher, type Outcome, fencedRead, fencedWrite } from './dispatch';
 import { ReplicaConnectionError, ReplicaOps, ReplicaRequestError } from './ops';
-import { isValidEpoch } from './meta';
-import { MAX_IO_BYTES, OP_NAMES, Op, type Reply, Status, statusName } from './protocol';
+import { OP_NAMES, Op, type Reply, Status, statusName } from './protocol';
 import type { Replica } from './replica';
 
 const EMPTY = Buffer.alloc(0);
@@ -41,9 +40,7 @@ export class LocalReplicaChannel extends ReplicaOps {
     const body = asBuffer(payload);
     const outcome = await this.dispatcher.execute({ op, flags, requestId: 0, replicaId, epoch, offset, length, payloadLength: body.length, payload: body });
     const out = outcome.payload ?? EMPTY;
-    if (outcome.status !== Status.OK) {
-      throw new ReplicaRequestError(statusName(outcome.status), outcome.status, outcome.epoch, OP_NAMES[op], replicaId, out.toString('utf8'));
-    }
+    if (outcome.status !== Status.OK) throw refusal(op, replicaId, outcome);
     return { status: outcome.status, requestId: 0, epoch: outcome.epoch, payloadLength: out.length, payload: out };
   }
 
@@ -54,13 +51,17 @@ export class LocalReplicaChannel extends ReplicaOps {
 
   /** The open replica when the request needs nothing but fencing and I/O; else undefined (full path). */
   private fastPath(replicaId: string, epoch: number, length: number): Replica | undefined {
-    if (this.closed || length > MAX_IO_BYTES || !isValidEpoch(epoch)) return undefined;
-    return this.dispatcher.openReplica(replicaId);
+    return this.closed ? undefined : this.dispatcher.shortPathReplica(replicaId, epoch, length);
   }
 
   /** The same error the full path would raise for this failure. */
   private refuse(op: Op, replicaId: string, err: unknown, replica: Replica): never {
-    const outcome = this.dispatcher.failure(op, replicaId, err, replica);
-    throw new ReplicaRequestError(statusName(outcome.status), outcome.status, outcome.epoch, OP_NAMES[op], replicaId, (outcome.payload ?? EMPTY).toString('utf8'));
+    throw refusal(op, replicaId, this.dispatcher.failure(op, replicaId, err, replica));
   }
+}
+
+/** The error a caller sees for an outcome that is not OK, as over TCP. */
+function refusal(op: Op, replicaId: string, outcome: Outcome): ReplicaRequestError {
+  const message = (outcome.payload ?? EMPTY).toString('utf8');
+  return new ReplicaRequestError(statusName(outcome.status), outcome.status, outcome.epoch, OP_NAMES[op], replicaId, message);
 }

@@ -74,6 +74,12 @@ export class ByteQueue {
     this.gathered += chunk.length;
   }
 
+  /** A chunk from a socket: `borrowed` if it is the reused read buffer or a direct target (see pushReceived). */
+  receive(chunk: Buffer, borrowed: boolean): void {
+    if (borrowed) this.pushReceived(chunk);
+    else this.push(chunk);
+  }
+
   /** The borrowed chunk is about to be overwritten: copy what is left of it. */
   settle(): void {
     const chunk = this.borrowed;

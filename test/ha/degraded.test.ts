@@ -25,15 +25,21 @@ describe('HA: degraded writes', () => {
 
   const nodes = async (): Promise<Array<{ id: string; name: string; status: string }>> => JSON.parse(await cliOk(cluster, ['node', 'ls', '--json'])) as Array<{ id: string; name: string; status: string }>;
 
-  test('a frozen copy is marked stale and the application goes on', async () => {
-    await cliOk(cluster, ['volume', 'create', 'a', '--capacity', '64MB', '--level', '3', '--node', 'v1']);
-    const { client } = await attachAndConnect(cluster, 'a', 'v1');
-    const v1 = (await nodes()).find((n) => n.name === 'v1')!;
-    const writer = new RecordWriter(client, 'a', 0);
+  /** A volume attached on `owner` with a record writer past its first 100 records, and a copy on another node. */
+  const writingVolume = async (name: string, level: number, owner: string) => {
+    await cliOk(cluster, ['volume', 'create', name, '--capacity', '64MB', '--level', String(level), '--node', owner]);
+    const { client } = await attachAndConnect(cluster, name, owner);
+    const ownerId = (await nodes()).find((n) => n.name === owner)!.id;
+    const writer = new RecordWriter(client, name, 0);
     writer.start();
     await eventually('writes', async () => writer.acked.size > 100);
-    const victim = (await volumeInfo(cluster, 'a')).replicas.find((r) => r.nodeId !== v1.id)!;
-    const victimName = (await nodes()).find((n) => n.id === victim.nodeId)!.name;
+    const copy = (await volumeInfo(cluster, name)).replicas.find((r) => r.nodeId !== ownerId)!;
+    const copyNode = (await nodes()).find((n) => n.id === copy.nodeId)!.name;
+    return { client, writer, copy, copyNode };
+  };
+
+  test('a frozen copy is marked stale and the application goes on', async () => {
+    const { client, writer, copy: victim, copyNode: victimName } = await writingVolume('a', 3, 'v1');
     await cluster.nodeAction('pause', victimName);
     await eventually('the frozen copy recorded stale', async () => (await volumeInfo(cluster, 'a')).replicas.find((r) => r.id === victim.id)?.state === 'stale');
     const afterStale = writer.acked.size;
@@ -49,14 +55,7 @@ describe('HA: degraded writes', () => {
   });
 
   test('with etcd out of reach, writes wait instead of being acknowledged unsafely', async () => {
-    await cliOk(cluster, ['volume', 'create', 'b', '--capacity', '64MB', '--level', '2', '--node', 'v2']);
-    const { client } = await attachAndConnect(cluster, 'b', 'v2');
-    const v2 = (await nodes()).find((n) => n.name === 'v2')!;
-    const writer = new RecordWriter(client, 'b', 0);
-    writer.start();
-    await eventually('writes', async () => writer.acked.size > 100);
-    const other = (await volumeInfo(cluster, 'b')).replicas.find((r) => r.nodeId !== v2.id)!;
-    const otherName = (await nodes()).find((n) => n.id === other.nodeId)!.name;
+    const { client, writer, copy: other, copyNode: otherName } = await writingVolume('b', 2, 'v2');
 
     // The owner loses etcd, and the other copy freezes: the owner cannot record it stale.
     await net.cutPort(ETCD_NODE_PORT_BASE + 2);
