@@ -18,9 +18,17 @@ interface Credentials {
   key: Buffer;
 }
 
+/** A failed request; `neverSent` when it failed before a connection to the agent was made. */
+type RequestError = NodeJS.ErrnoException & { neverSent?: boolean };
+
 /** Failures where another agent may well answer. */
 function isUnreachable(err: NodeJS.ErrnoException): boolean {
-  return ['ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EADDRNOTAVAIL', 'EPIPE'].includes(err.code ?? '');
+  return ['ECONNREFUSED', 'ECONNRESET', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'ETIMEDOUT', 'EADDRNOTAVAIL', 'EPIPE'].includes(err.code ?? '');
+}
+
+/** Requests that change nothing, so sending one twice does no harm. */
+function isIdempotent(method: string): boolean {
+  return method === 'GET' || method === 'HEAD';
 }
 
 export class ApiClient {
@@ -29,6 +37,8 @@ export class ApiClient {
   constructor(
     private readonly config: ClientConfig,
     private readonly timeoutMs = 4000,
+    /** How requests are sent: HTTPS with the client certificate (tests pass http.request). */
+    private readonly send: typeof https.request = https.request,
   ) {
     try {
       this.creds = { ca: readFileSync(config.ca), cert: readFileSync(config.cert), key: readFileSync(config.key) };
@@ -41,7 +51,7 @@ export class ApiClient {
     return new Promise((resolve, reject) => {
       const url = new URL(path, endpoint);
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-      const req = https.request(
+      const req = this.send(
         url,
         {
           method,
@@ -54,22 +64,40 @@ export class ApiClient {
           resolve(res);
         },
       );
+      // Until the connection is made, not one byte of the request has left this machine.
+      let connected = false;
+      req.on('socket', (socket) => {
+        if (socket.connecting) socket.once('connect', () => (connected = true));
+        else connected = true; // a kept-alive connection: the request goes out at once
+      });
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', reject);
+      req.on('error', (err: RequestError) => reject(Object.assign(err, { neverSent: !connected })));
       req.end(payload);
     });
   }
 
-  /** Send a request to the first agent that answers. */
+  /**
+   * Send a request to the first agent that answers. A request that changes
+   * something (create, attach, delete…) goes on to the next agent only if it
+   * never reached this one: after a timeout or a reset it may well have been
+   * carried out (slowly), and sending it again could do it twice.
+   */
   private async openAny(method: string, path: string, body?: unknown, stream = false): Promise<IncomingMessage> {
     const failures: string[] = [];
     for (const endpoint of this.config.endpoints) {
       try {
         return await this.open(endpoint, method, path, body, stream);
       } catch (err) {
-        const e = err as NodeJS.ErrnoException;
+        const e = err as RequestError;
+        const host = new URL(endpoint).host;
         if (!isUnreachable(e)) throw new UserError(`request to ${endpoint} failed: ${e.message}`);
-        failures.push(`${new URL(endpoint).host} (${e.code})`);
+        if (!isIdempotent(method) && !e.neverSent) {
+          throw new UserError(
+            `${method} ${path} to ${host} failed (${e.code}) after it was sent: it may have been carried out, so it was not sent to another agent; check the result before trying again`,
+            'EUNCERTAIN',
+          );
+        }
+        failures.push(`${host} (${e.code})`);
       }
     }
     throw new UserError(`cannot reach cluster ${this.config.cluster}: no agent answered (${failures.join(', ')})`, 'EUNREACHABLE');

@@ -39,6 +39,19 @@ function isHealthy(r: ReplicaRecord, nodes: ReadonlyMap<string, NodeRecord>): bo
 }
 
 /**
+ * May the stale copies of this volume be dropped? Only when enough copies are
+ * in sync on nodes that are up to make the volume whole without them. A copy
+ * still rebuilding does not count: until it is whole, a nearly whole stale
+ * copy may be all there is to fall back on. The controller drops stale copies
+ * by this rule; the owner skips resyncing a stale copy by the same rule, so
+ * that every stale copy is either resynced or dropped.
+ */
+export function mayDropStaleCopy(vol: VolumeRecord, nodes: readonly NodeRecord[]): boolean {
+  const inSync = vol.replicas.filter((r) => r.state === 'in-sync' && nodes.find((n) => n.id === r.nodeId)?.status !== 'maintenance');
+  return inSync.length >= vol.level;
+}
+
+/**
  * Copies on down nodes become stale — unless that would leave no in-sync copy
  * on a live node: then they all keep their state, since they still hold every
  * acknowledged write, and the volume waits for one of their nodes to return.
@@ -121,9 +134,9 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
     const healthy = v.replicas.filter((r) => isHealthy(r, nodes));
     const inSync = v.replicas.filter((r) => r.state === 'in-sync' && nodes.get(r.nodeId)?.status !== 'maintenance');
 
-    // 3. Whole again while a stale copy remains: drop it (its node frees the space).
+    // 3. Whole again (in sync, not just rebuilding) while a stale copy remains: drop it (its node frees the space).
     const staleOnes = v.replicas.filter((r) => r.state === 'stale');
-    if (healthy.length >= v.level && staleOnes.length > 0) {
+    if (staleOnes.length > 0 && mayDropStaleCopy(v, input.nodes)) {
       const after: VolumeRecord = { ...v, replicas: v.replicas.filter((r) => r.state !== 'stale') };
       changes.push({
         kind: 'drop-stale', volume: v.name, before: v, after,

@@ -20,6 +20,8 @@ export const keys = {
   /** Dirty map of a stale copy: regions written while it missed them. */
   dirtyPrefix: (volume: string) => `${ROOT}dirty/${volume}/`,
   dirty: (volume: string, replicaId: string) => `${ROOT}dirty/${volume}/${replicaId}`,
+  /** Write-intent extents of the owner: where its in-sync copies may disagree until reconciled. */
+  intents: (volume: string) => `${ROOT}intents/${volume}`,
   /** Rebuild progress of a volume, written by its owner while copies are rebuilt. */
   progress: (volume: string) => `${ROOT}progress/${volume}`,
   profilesPrefix: `${ROOT}profiles/`,

@@ -49,7 +49,10 @@ export function updateVolume(etcd: Etcd3, name: string, change: (cur: VolumeReco
 
 /** Delete a volume's record (its copies are gone or left to their nodes' orphan sweep). */
 export async function deleteVolumeRecord(etcd: Etcd3, name: string): Promise<void> {
-  await etcd.delete().key(keys.volume(name));
+  await etcd
+    .if(keys.volume(name), 'Version', '>', -1) // always true: one transaction deletes the record and its side keys
+    .then(etcd.delete().key(keys.volume(name)), etcd.delete().prefix(keys.dirtyPrefix(name)), etcd.delete().key(keys.intents(name)))
+    .commit();
 }
 
 // ---- profiles: built-in ones are read-only; user ones live in etcd.

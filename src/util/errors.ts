@@ -29,3 +29,11 @@ export function errorMessage(err: unknown): string {
 export function invariant(condition: unknown, message: string): asserts condition {
   if (!condition) throw new Error(`invariant violated: ${message}`);
 }
+
+/** This node no longer owns the volume at the epoch it acted under: another owner (or epoch) took over. */
+export class FencedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FencedError';
+  }
+}

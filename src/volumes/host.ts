@@ -6,7 +6,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { Watcher } from 'etcd3';
-import { VolumeEngine, FencedError, type EngineReplica } from '../engine/engine';
+import { VolumeEngine, type EngineJournal, type EngineReplica } from '../engine/engine';
 import type { ReplicaOps } from '../replica/ops';
 import { DirtyMap, type DirtyMapJson } from '../core/dirty-map';
 import { getJson } from '../store/etcd';
@@ -17,10 +17,12 @@ import { getVersioned } from '../store/cas';
 import { keys } from '../store/keys';
 import { listNodes } from '../store/nodes';
 import { listVolumes, requireVolume, updateVolume } from '../store/volumes';
-import { ConflictError, UserError, errorMessage } from '../util/errors';
+import { ConflictError, FencedError, UserError, errorMessage } from '../util/errors';
+import { commitOwned } from '../store/owned';
 import type { Logger } from '../util/log';
 import { connectReplica, unreachableChannel, type ReplicaLinkOptions } from './replica-links';
 import { volumeLabel } from './lifecycle';
+import { mayDropStaleCopy } from '../core/volume-decisions';
 
 export interface HostOptions {
   etcd: Etcd3;
@@ -127,17 +129,16 @@ export class VolumeHost {
       if (!node || node.status === 'maintenance') continue;
       const inEngine = engine.replicaStates().find((x) => x.id === r.id);
       if (r.state === 'rebuilding' && inEngine?.state !== 'in-sync') {
-        this.startRebuild(vol, a, r.id, node, 'full', true);
+        this.startRebuild(vol, a, r.id, node, 'full');
       } else if (r.state === 'stale' && (await this.opts.etcd.get(keys.alive(r.nodeId)).string())) {
-        const healthy = vol.replicas.filter((x) => x.state !== 'stale').length;
-        if (healthy >= vol.level) continue; // the controller drops it instead
+        if (mayDropStaleCopy(vol, nodes)) continue; // the controller drops it instead
         const hasMap = (await this.opts.etcd.get(keys.dirty(vol.name, r.id)).string()) !== null;
-        this.startRebuild(vol, a, r.id, node, r.fullResync || !hasMap ? 'full' : 'incremental', true);
+        this.startRebuild(vol, a, r.id, node, r.fullResync || !hasMap ? 'full' : 'incremental');
       }
     }
   }
 
-  private startRebuild(vol: VolumeRecord, a: Attached, replicaId: string, node: NodeRecord, mode: 'full' | 'incremental', clearTarget: boolean): void {
+  private startRebuild(vol: VolumeRecord, a: Attached, replicaId: string, node: NodeRecord, mode: 'full' | 'incremental'): void {
     a.rebuilding.add(replicaId);
     const record = vol.replicas.find((r) => r.id === replicaId)!;
     const run = async (): Promise<void> => {
@@ -156,10 +157,8 @@ export class VolumeHost {
       const copied = await a.engine.rebuild(
         { id: replicaId, nodeId: node.id, state: 'rebuilding', local: node.id === this.opts.self().id, channel },
         mode,
-        clearTarget,
         () => this.markInSync(vol.name, a.epoch, replicaId),
       );
-      await this.opts.etcd.delete().key(keys.dirty(vol.name, replicaId)).catch(() => undefined);
       const seconds = (Date.now() - started) / 1000;
       this.opts.logger.info({ volume: vol.name, replica: replicaId, mode, copiedBytes: copied, seconds }, 'rebuild completed');
       await this.opts.events.write({
@@ -207,21 +206,25 @@ export class VolumeHost {
     }
   }
 
-  /** Record a rebuilt copy as in-sync, only while this node still owns the volume at this epoch. */
+  /** Record a rebuilt copy as in-sync (and drop its missed map), only while this node owns the volume at this epoch. */
   private async markInSync(name: string, epoch: number, replicaId: string): Promise<void> {
-    const self = this.opts.self();
-    let fenced = false;
-    await updateVolume(this.opts.etcd, name, (cur) => {
-      if (cur.owner !== self.id || cur.epoch !== epoch || !cur.replicas.some((r) => r.id === replicaId)) {
-        fenced = true;
-        return undefined;
-      }
+    await commitOwned(this.opts.etcd, name, this.opts.self().id, epoch, (cur) => {
+      if (!cur.replicas.some((r) => r.id === replicaId)) throw new FencedError(`volume ${name}: the copy ${replicaId} left the volume during its rebuild`);
       return {
-        ...cur,
-        replicas: cur.replicas.map((r) => (r.id === replicaId ? { id: r.id, nodeId: r.nodeId, driveId: r.driveId, state: 'in-sync' as const, createdAt: r.createdAt } : r)),
+        record: {
+          ...cur,
+          replicas: cur.replicas.map((r) => (r.id === replicaId ? { id: r.id, nodeId: r.nodeId, driveId: r.driveId, state: 'in-sync' as const, createdAt: r.createdAt } : r)),
+        },
+        deletes: [keys.dirty(name, replicaId)],
       };
     });
-    if (fenced) throw new FencedError(`volume ${name}: the copy ${replicaId} is no longer ours to mark in sync`);
+  }
+
+  /** Store the engine's journal (missed maps, intent extents), only while this node owns the volume at this epoch. */
+  private async persistJournal(name: string, epoch: number, journal: EngineJournal): Promise<void> {
+    await commitOwned(this.opts.etcd, name, this.opts.self().id, epoch, () => ({
+      puts: [...[...journal.missed].map(([id, map]) => [keys.dirty(name, id), JSON.stringify(map)] as const), [keys.intents(name), JSON.stringify(journal.intents)] as const],
+    }));
   }
 
   isAttached(name: string): boolean {
@@ -301,7 +304,7 @@ export class VolumeHost {
         const state = r.state === 'rebuilding' ? 'stale' : r.state;
         let channel;
         try {
-          if (state === 'stale') throw new Error('stale copy: connected when it is resynced');
+          // Stale copies are connected too: the engine opens them at the new epoch so no older owner reaches them again.
           if (!node || node.status === 'maintenance') throw new Error(`node ${node?.name ?? r.nodeId} is down`);
           channel = node.id === self.id ? this.opts.localChannel() : await connectReplica(node, this.opts.links);
         } catch (err) {
@@ -328,10 +331,9 @@ export class VolumeHost {
       replicaTimeoutMs: this.opts.replicaTimeoutMs,
       rebuildBytesPerSecond: this.opts.rebuildBytesPerSecond,
       markStale: (ids) => this.markStale(vol.name, vol.epoch, ids),
-      persistDirty: async (replicaId, map) => {
-        await this.opts.etcd.put(keys.dirty(vol.name, replicaId)).value(JSON.stringify(map.toJSON()));
-      },
+      persistJournal: (journal) => this.persistJournal(vol.name, vol.epoch, journal),
       dirtyMaps,
+      intents: (await getJson<number[]>(this.opts.etcd, keys.intents(vol.name))) ?? [],
       logger: this.opts.logger.child({ volume: vol.name }),
     });
     try {
@@ -356,22 +358,15 @@ export class VolumeHost {
 
   /** Record copies as stale, only while this node still owns the volume at this epoch. */
   private async markStale(name: string, epoch: number, ids: string[]): Promise<void> {
-    const self = this.opts.self();
-    let fenced = false;
-    const vol = await updateVolume(this.opts.etcd, name, (cur) => {
-      if (cur.owner !== self.id || cur.epoch !== epoch) {
-        fenced = true;
-        return undefined;
-      }
-      const now = new Date().toISOString();
-      return {
+    const now = new Date().toISOString();
+    const vol = await commitOwned(this.opts.etcd, name, this.opts.self().id, epoch, (cur) => ({
+      record: {
         ...cur,
         replicas: cur.replicas.map((r) =>
           ids.includes(r.id) && r.state !== 'stale' ? { ...r, state: 'stale' as const, staleSince: now, fullResync: r.state === 'rebuilding' || r.fullResync } : r,
         ),
-      };
-    });
-    if (fenced) throw new FencedError(`volume ${name} is owned by another node or epoch now`);
+      },
+    }));
     for (const id of ids) {
       const r = vol.replicas.find((x) => x.id === id);
       await this.opts.events

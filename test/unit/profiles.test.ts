@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { BUILTIN_PROFILES, parseProfile, resolveSpec, validateVolumeName } from '../../src/core/profiles';
-import { canAcknowledge, readSource, writeTargets } from '../../src/engine/replica-set';
 
 const GB = 1024 ** 3;
 
@@ -36,19 +35,4 @@ test('profile files are validated, unknown fields named', () => {
   assert.throws(() => parseProfile({ capacity: '1GB' }, 'f.yaml'), /name/);
   assert.throws(() => parseProfile({ name: 'x', level: 9 }, 'f.yaml'), /level must be/);
   assert.throws(() => parseProfile({ name: '../x' }, 'f.yaml'), /name/);
-});
-
-test('replica set rules: writes to in-sync and rebuilding, reads only in-sync, local first', () => {
-  const rs = [
-    { id: 'a', state: 'stale' as const, local: true },
-    { id: 'b', state: 'in-sync' as const, local: false },
-    { id: 'c', state: 'rebuilding' as const, local: false },
-    { id: 'd', state: 'in-sync' as const, local: true },
-  ];
-  assert.deepEqual(writeTargets(rs).map((r) => r.id), ['b', 'c', 'd']);
-  assert.equal(readSource(rs)?.id, 'd');
-  assert.equal(readSource(rs.map((r) => ({ ...r, local: false })))?.id, 'b');
-  assert.equal(readSource(rs.filter((r) => r.state !== 'in-sync')), undefined);
-  assert.equal(canAcknowledge(rs), true);
-  assert.equal(canAcknowledge(rs.filter((r) => r.state !== 'in-sync')), false);
 });

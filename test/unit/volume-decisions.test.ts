@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decideVolumes, type VolumeDecisionInput } from '../../src/core/volume-decisions';
+import { decideVolumes, mayDropStaleCopy, type VolumeDecisionInput } from '../../src/core/volume-decisions';
 import type { NodeRecord, ReplicaRecord, ReplicaState, VolumeRecord } from '../../src/core/types';
 
 const GB = 1024 ** 3;
@@ -114,4 +114,52 @@ test('generated states: decisions keep the invariants', () => {
       }
     }
   }
+});
+
+test('a stale copy is not dropped while its replacement is still rebuilding', () => {
+  const nodes = [node('a'), node('b'), node('c')];
+  const v = volume('a', [['a', 'in-sync'], ['b', 'rebuilding'], ['c', 'stale']]);
+  assert.equal(mayDropStaleCopy(v, nodes), false);
+  assert.deepEqual(decideVolumes(input([v], nodes)), [], 'the stale copy stays until the new one is in sync');
+});
+
+test('a stale copy is dropped once enough copies are in sync', () => {
+  const nodes = [node('a'), node('b'), node('c')];
+  const v = volume('a', [['a', 'in-sync'], ['b', 'in-sync'], ['c', 'stale']]);
+  assert.equal(mayDropStaleCopy(v, nodes), true);
+  const [change] = decideVolumes(input([v], nodes));
+  assert.equal(change.kind, 'drop-stale');
+  assert.deepEqual(change.after.replicas.map((r) => r.nodeId), ['a', 'b']);
+});
+
+test('an in-sync copy on a node in maintenance does not count towards dropping a stale copy', () => {
+  const nodes = [node('a'), node('b', 'maintenance'), node('c')];
+  assert.equal(mayDropStaleCopy(volume(null, [['a', 'in-sync'], ['b', 'in-sync'], ['c', 'stale']]), nodes), false);
+});
+
+test('generated states: a stale copy is only ever dropped with enough in-sync copies on live nodes', () => {
+  let seed = 11;
+  const rnd = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const states: ReplicaState[] = ['in-sync', 'rebuilding', 'stale'];
+  let dropped = 0;
+  for (let round = 0; round < 4000; round++) {
+    const nodes = Array.from({ length: 2 + rnd(4) }, (_, i) => node(`n${i}`, rnd(5) === 0 ? 'maintenance' : 'normal'));
+    const holders = nodes.filter(() => rnd(2) === 0).slice(0, 4);
+    if (holders.length === 0) continue;
+    const owner = rnd(3) === 0 ? null : nodes[rnd(nodes.length)].id;
+    const level = (1 + rnd(3)) as 1 | 2 | 3;
+    const v = volume(owner, holders.map((h) => [h.id, states[rnd(states.length)]]), level);
+    for (const change of decideVolumes(input([v], nodes))) {
+      if (change.kind !== 'drop-stale') continue;
+      const before = change.before;
+      if (!before.replicas.some((r) => r.state === 'stale' && !change.after.replicas.some((x) => x.id === r.id))) continue;
+      dropped++;
+      const inSyncUp = before.replicas.filter((r) => r.state === 'in-sync' && nodes.find((n) => n.id === r.nodeId)!.status !== 'maintenance');
+      assert.ok(inSyncUp.length >= before.level, `dropped a stale copy with ${inSyncUp.length} in-sync copies at level ${before.level}`);
+    }
+  }
+  assert.ok(dropped > 0, 'some stale copies were dropped');
 });

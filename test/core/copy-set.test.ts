@@ -1,0 +1,130 @@
+// The copy set's rules, attacked directly: what a failed copy may lack, the
+// transition table, and the last in-sync copy.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CopySet, COPY_TRANSITIONS } from '../../src/core/copy-set';
+import { DirtyMap } from '../../src/core/dirty-map';
+
+const MiB = 1024 * 1024;
+const SIZE = 16 * MiB;
+
+function threeInSync(): CopySet {
+  return new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: true, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'in-sync' },
+    { id: 'c', nodeId: 'n3', local: false, phase: 'in-sync' },
+  ]);
+}
+
+test('writes go to in-sync and rebuilding copies; reads to an in-sync one, the local first', () => {
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: true, phase: 'stale' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'in-sync' },
+    { id: 'c', nodeId: 'n3', local: false, phase: 'stale', missed: new DirtyMap(SIZE) },
+    { id: 'd', nodeId: 'n4', local: true, phase: 'in-sync' },
+  ]);
+  set.startRebuild('c', false);
+  assert.deepEqual(set.writeTargets(), ['b', 'c', 'd']);
+  assert.equal(set.readSource(), 'd');
+  assert.equal(set.readSource(new Set(['d'])), 'b');
+  assert.equal(set.get('a')?.hasMissedMap, false, 'a stale copy without a recorded map needs a full copy');
+  assert.deepEqual(set.regionsToRebuild('c'), []);
+});
+
+test('a failed copy may lack every change since its last completed flush, and every change in flight', () => {
+  const set = threeInSync();
+  const early = set.beginChange(0, 4096);
+  for (const id of ['a', 'b', 'c']) set.changeApplied(early, id);
+  set.endChange(early);
+  const flush = set.beginFlush();
+  for (const id of flush.targets) set.flushApplied(flush, id);
+  set.endFlush(flush);
+  // Applied after the flush: in the page cache only.
+  const late = set.beginChange(MiB, 4096);
+  for (const id of ['a', 'b', 'c']) set.changeApplied(late, id);
+  set.endChange(late);
+  // Covered by a flush that has not completed on c.
+  const pendingFlush = set.beginFlush();
+  set.flushApplied(pendingFlush, 'a');
+  const afterFlush = set.beginChange(2 * MiB, 4096);
+  for (const id of ['a', 'b', 'c']) set.changeApplied(afterFlush, id);
+  set.endChange(afterFlush);
+  const inFlight = set.beginChange(4 * MiB, 4096);
+
+  const { failed, refusedLastInSync } = set.fail(['c']);
+  assert.deepEqual(failed, ['c']);
+  assert.equal(refusedLastInSync, false);
+  assert.deepEqual(set.writeTargets(), ['a', 'b']);
+  const missed = set.missedMaps().get('c')!;
+  const regions = missed.ranges().map((r) => r.offset);
+  assert.deepEqual(regions, [MiB, 2 * MiB, 4 * MiB], 'flushed data is not missed; unflushed and in-flight data is');
+  set.endChange(inFlight);
+  set.endFlush(pendingFlush);
+});
+
+test('a FUA change is durable where applied: no flush is owed for it', () => {
+  const set = threeInSync();
+  const t = set.beginChange(0, 4096, true);
+  for (const id of ['a', 'b', 'c']) set.changeApplied(t, id);
+  set.endChange(t);
+  set.fail(['b']);
+  assert.deepEqual(set.missedMaps().get('b')!.ranges(), []);
+});
+
+test('stale and failing copies miss every later change, and the map version says when to store it', () => {
+  const set = threeInSync();
+  set.fail(['b']);
+  const v0 = set.missedVersion;
+  const t = set.beginChange(8 * MiB, 100);
+  assert.ok(t.missedVersion > v0);
+  assert.deepEqual(t.targets, ['a', 'c']);
+  set.endChange(t);
+  set.recordedStale(['b']);
+  const again = set.beginChange(8 * MiB, 100);
+  assert.equal(again.missedVersion, set.missedVersion, 'a region already marked does not bump the version');
+  assert.equal(again.missedVersion, t.missedVersion);
+  set.endChange(again);
+});
+
+test('the last in-sync copy is never failed; rebuilding copies still are', () => {
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: true, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'stale', missed: new DirtyMap(SIZE) },
+  ]);
+  set.startRebuild('b', false);
+  const r = set.fail(['a', 'b']);
+  assert.equal(r.refusedLastInSync, true);
+  assert.deepEqual(r.failed, ['b']);
+  assert.equal(set.get('a')?.phase, 'in-sync');
+  assert.throws(() => set.remove('a'), /last in-sync/);
+});
+
+test('only the transitions of the table are possible', () => {
+  const set = threeInSync();
+  assert.throws(() => set.rebuilt('a'), /cannot go from in-sync to in-sync/);
+  assert.throws(() => set.startRebuild('a', true), /cannot go from in-sync to rebuilding/);
+  set.fail(['a']);
+  assert.throws(() => set.startRebuild('a', false), /cannot go from failing to rebuilding/);
+  set.recordedStale(['a']);
+  set.startRebuild('a', true);
+  assert.equal(set.regionsToRebuild('a'), undefined, 'a full rebuild covers the whole volume');
+  set.rebuilt('a');
+  assert.equal(set.get('a')?.phase, 'in-sync');
+  for (const [from, tos] of Object.entries(COPY_TRANSITIONS)) assert.ok(!tos.includes(from as never), `${from} loops to itself`);
+});
+
+test('a rebuilding copy that fails keeps what it missed before and gains what it got since', () => {
+  const missed = new DirtyMap(SIZE);
+  missed.mark(0, 4096);
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: true, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'stale', missed },
+  ]);
+  set.startRebuild('b', false);
+  const t = set.beginChange(3 * MiB, 4096);
+  set.changeApplied(t, 'a');
+  set.changeApplied(t, 'b');
+  set.endChange(t);
+  set.fail(['b']);
+  assert.deepEqual(set.missedMaps().get('b')!.ranges().map((r) => r.offset), [0, 3 * MiB]);
+});
