@@ -69,7 +69,7 @@ export class IntentLog {
     const wanted = this.extentsOf(offset, length);
     const fresh = wanted.filter((e) => !this.extents.has(e));
     if (fresh.length > 0) {
-      this.evictIdle();
+      this.evictIdle(wanted);
       if (this.extents.size + fresh.length > this.cap) return undefined;
       for (const e of fresh) this.extents.set(e, { inFlight: 0, stamp: 0 });
       this.versionNow++;
@@ -116,7 +116,8 @@ export class IntentLog {
     this.versionNow++;
   }
 
-  private evictIdle(): void {
-    for (const [e, x] of this.extents) if (x.inFlight === 0 && x.stamp <= this.flushedGen) this.extents.delete(e);
+  /** Let settled extents go, except those about to be used again. */
+  private evictIdle(keep: readonly number[]): void {
+    for (const [e, x] of this.extents) if (x.inFlight === 0 && x.stamp <= this.flushedGen && !keep.includes(e)) this.extents.delete(e);
   }
 }

@@ -56,7 +56,7 @@ export function mayDropStaleCopy(vol: VolumeRecord, nodes: readonly NodeRecord[]
  * on a live node: then they all keep their state, since they still hold every
  * acknowledged write, and the volume waits for one of their nodes to return.
  */
-function markDownStale(
+export function markDownStale(
   replicas: readonly ReplicaRecord[],
   down: (nodeId: string) => boolean,
   now: string,

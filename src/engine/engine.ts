@@ -68,6 +68,12 @@ export interface EngineOptions {
   intentCap?: number;
   /** A copy that has not answered within this time is treated as failed. */
   replicaTimeoutMs: number;
+  /**
+   * A new connection to a copy. Used when the last in-sync copy fails: it
+   * cannot be retired, so the engine reconnects and reopens it at our epoch
+   * (a copy that restarted answers again) instead of failing forever.
+   */
+  reconnect?: (replicaId: string) => Promise<ReplicaChannel>;
   /** Called once when a copy refuses our epoch: another node owns the volume now. */
   onFenced?: (reason: string) => void;
   /** Cap on rebuild copying, to leave the disks and network to the application (0: no cap). */
@@ -125,6 +131,7 @@ export class VolumeEngine implements NbdBackend {
   private journalStored = 0;
   private journalRound: Promise<void> | undefined;
   private readonly rebuilds = new Map<string, RebuildProgress>();
+  private readonly reconnecting = new Set<string>();
   private readonly opts: EngineOptions;
 
   constructor(opts: EngineOptions) {
@@ -404,10 +411,40 @@ export class VolumeEngine implements NbdBackend {
     const recorded = this.recordFailing();
     if (result.refusedLastInSync) {
       // The last in-sync copy is never marked stale: it may be the only one
-      // holding the newest acknowledged data. The request fails instead.
+      // holding the newest acknowledged data. The request fails instead, and
+      // the copy is reconnected for the next one.
+      for (const id of ids) if (this.copies.get(id)?.phase === 'in-sync') this.reconnectSoon(id);
       return recorded.then(() => Promise.reject(new NbdError(Errno.EIO, 'every in-sync copy failed')));
     }
     return recorded;
+  }
+
+  /** Reconnect an in-sync copy that failed (one attempt at a time per copy). */
+  private reconnectSoon(id: string): void {
+    const reconnect = this.opts.reconnect;
+    if (!reconnect || this.reconnecting.has(id) || this.fenced || this.closed) return;
+    this.reconnecting.add(id);
+    const attempt = async (): Promise<void> => {
+      await sleep(this.clock, RETRY_MS);
+      const ch = await reconnect(id);
+      try {
+        await this.withTimeout(id, ch.open(id, this.opts.epoch));
+      } catch (err) {
+        void ch.close().catch(() => undefined);
+        throw err;
+      }
+      if (this.closed || this.copies.get(id)?.phase !== 'in-sync') return void ch.close().catch(() => undefined);
+      const old = this.channels.get(id);
+      this.channels.set(id, ch);
+      void old?.close().catch(() => undefined);
+      this.opts.logger.warn({ replica: id }, 'reconnected the last in-sync copy');
+    };
+    void attempt()
+      .catch((err: unknown) => {
+        this.noteFencing(err);
+        this.opts.logger.warn({ replica: id, err: errText(err) }, 'could not reconnect the last in-sync copy yet');
+      })
+      .finally(() => this.reconnecting.delete(id));
   }
 
   /** Store the missed maps, then record every failing copy stale (retrying until it is recorded). */

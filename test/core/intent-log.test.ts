@@ -52,3 +52,14 @@ test('what a previous owner recorded stays until reconciled', () => {
   assert.ok(log.version > v, 'the stored record must be rewritten');
   assert.deepEqual(log.rangeOf(15), { offset: 60 * MiB, length: 4 * MiB });
 });
+
+test('a change over a settled extent and a new one keeps the settled one (found by the simulation)', () => {
+  const log = new IntentLog(64 * MiB, 4 * MiB, 2);
+  log.begin(0, 10);
+  log.end(0, 10);
+  log.flushed(log.beginFlush());
+  // Extent 0 is settled (evictable); the change spans extents 0 and 1.
+  assert.notEqual(log.begin(4 * MiB - 5, 10), undefined);
+  assert.deepEqual(log.recorded(), [0, 1]);
+  log.end(4 * MiB - 5, 10);
+});

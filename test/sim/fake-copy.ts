@@ -1,0 +1,159 @@
+// A simulated copy: an image with a page cache (what reads see) over a disk
+// (what survives power loss), the replica's epoch fence, and channels to it
+// that behave like a replica connection — each request travels with a seeded
+// delay, a restarted copy breaks every connection made before, and a cut link
+// never answers (the engine's timeout decides).
+import { ReplicaConnectionError, ReplicaRequestError } from '../../src/replica/ops';
+import type { ReplicaChannel } from '../../src/engine/engine';
+import type { Rng, SimClock } from './sim-clock';
+
+const PAGE = 4096;
+
+export class FakeCopy {
+  /** What a read returns now. */
+  cache: Buffer;
+  /** What a power loss leaves. */
+  disk: Buffer;
+  /** Pages written (not trimmed) since creation: the allocation map. */
+  readonly allocated: Uint8Array;
+  epoch = 0;
+  up = true;
+  /** Bumped by every restart: connections from before fail. */
+  incarnation = 0;
+
+  constructor(
+    readonly id: string,
+    readonly size: number,
+  ) {
+    this.cache = Buffer.alloc(size);
+    this.disk = Buffer.alloc(size);
+    this.allocated = new Uint8Array(size / PAGE);
+  }
+
+  /** The process dies; with `powerLoss`, the page cache is lost too. */
+  crash(powerLoss: boolean): void {
+    this.up = false;
+    this.incarnation++;
+    if (powerLoss) this.cache = Buffer.from(this.disk);
+  }
+
+  restart(): void {
+    this.up = true;
+  }
+
+  flush(): void {
+    this.disk = Buffer.from(this.cache);
+  }
+
+  apply(offset: number, data: Uint8Array | undefined, length: number, fua: boolean): void {
+    if (data) this.cache.set(data, offset);
+    else this.cache.fill(0, offset, offset + length);
+    for (let p = Math.floor(offset / PAGE); p * PAGE < offset + length; p++) this.allocated[p] = data ? 1 : 0;
+    if (fua) this.flush();
+  }
+
+  allocMap(offset: number, length: number): Array<{ offset: number; length: number }> {
+    const out: Array<{ offset: number; length: number }> = [];
+    for (let p = Math.floor(offset / PAGE); p * PAGE < offset + length; p++) {
+      if (!this.allocated[p]) continue;
+      const last = out[out.length - 1];
+      if (last && last.offset + last.length === p * PAGE) last.length += PAGE;
+      else out.push({ offset: p * PAGE, length: PAGE });
+    }
+    return out;
+  }
+}
+
+export interface LinkState {
+  /** A cut link: requests vanish, nothing answers. */
+  cut: boolean;
+}
+
+/** One connection from an owner to a copy, made at the copy's current incarnation. */
+export class FakeChannel implements ReplicaChannel {
+  private readonly incarnation: number;
+  private closed = false;
+
+  constructor(
+    private readonly copy: FakeCopy,
+    private readonly link: LinkState,
+    private readonly clock: SimClock,
+    private readonly rng: Rng,
+  ) {
+    this.incarnation = copy.incarnation;
+  }
+
+  open(id: string, epoch: number): Promise<unknown> {
+    return this.request('OPEN', id, epoch, () => {
+      if (epoch < this.copy.epoch) throw this.stale('OPEN', id, epoch);
+      this.copy.epoch = epoch; // durable: the replica writes its meta before answering
+      return {};
+    }, true);
+  }
+
+  read(id: string, epoch: number, offset: number, length: number): Promise<Buffer> {
+    return this.request('READ', id, epoch, () => Buffer.from(this.copy.cache.subarray(offset, offset + length)));
+  }
+
+  write(id: string, epoch: number, offset: number, data: Uint8Array, opts?: { fua?: boolean }): Promise<void> {
+    const copyOfData = Buffer.from(data);
+    return this.request('WRITE', id, epoch, () => this.copy.apply(offset, copyOfData, copyOfData.length, opts?.fua === true));
+  }
+
+  flush(id: string, epoch: number): Promise<void> {
+    return this.request('FLUSH', id, epoch, () => this.copy.flush());
+  }
+
+  trim(id: string, epoch: number, offset: number, length: number, opts?: { fua?: boolean }): Promise<void> {
+    return this.request('TRIM', id, epoch, () => this.copy.apply(offset, undefined, length, opts?.fua === true));
+  }
+
+  writeZeroes(id: string, epoch: number, offset: number, length: number, opts?: { fua?: boolean }): Promise<void> {
+    return this.request('WRITE_ZEROES', id, epoch, () => this.copy.apply(offset, undefined, length, opts?.fua === true));
+  }
+
+  allocMap(id: string, epoch: number, offset: number, length: number): Promise<Array<{ offset: number; length: number }>> {
+    return this.request('ALLOC_MAP', id, epoch, () => this.copy.allocMap(offset, length));
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return Promise.resolve();
+  }
+
+  /** A request: travels, is applied if the copy is reachable and the epoch fits, and the answer travels back. */
+  private request<T>(op: string, id: string, epoch: number, apply: () => T, isOpen = false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(new ReplicaConnectionError('ECONNABORTED', `${op} ${id}: connection closed`));
+      if (this.link.cut) return; // lost: only the caller's timeout ends it
+      this.clock.setTimer(this.rng.int(0, 3), () => {
+        if (this.link.cut) return;
+        if (!this.copy.up || this.copy.incarnation !== this.incarnation) {
+          return reject(new ReplicaConnectionError('ECONNRESET', `${op} ${id}: connection broken`));
+        }
+        let result: T;
+        try {
+          if (!isOpen && epoch < this.copy.epoch) throw this.stale(op, id, epoch);
+          if (!isOpen && epoch > this.copy.epoch) throw new ReplicaRequestError('ENOTCONN', 0, this.copy.epoch, op, id, 'open it at that epoch first');
+          result = apply();
+        } catch (err) {
+          return this.answer(() => reject(err), reject);
+        }
+        this.answer(() => resolve(result), reject);
+      });
+    });
+  }
+
+  private answer(fn: () => void, reject: (err: unknown) => void): void {
+    this.clock.setTimer(this.rng.int(0, 3), () => {
+      if (this.link.cut) return;
+      // The answer of a copy that restarted meanwhile is lost with its connection.
+      if (this.copy.incarnation !== this.incarnation) return reject(new ReplicaConnectionError('ECONNRESET', 'connection broken'));
+      fn();
+    });
+  }
+
+  private stale(op: string, id: string, epoch: number): ReplicaRequestError {
+    return new ReplicaRequestError('ESTALE', 0, this.copy.epoch, op, id, `epoch ${epoch} is older than ${this.copy.epoch}`);
+  }
+}
