@@ -145,10 +145,21 @@ export class CopySet {
     return [...this.copies.values()].filter((c) => c.phase === 'failing').map((c) => c.id);
   }
 
-  /** The missed map of every copy that is not in-sync, as it should be stored now. */
+  /**
+   * The missed map of every copy that is not in-sync, as it should be stored
+   * now; a copy that needs a full copy is stored as missing everything.
+   */
   missedMaps(): Map<string, DirtyMap> {
     const out = new Map<string, DirtyMap>();
-    for (const c of this.copies.values()) if (c.missed && !c.fullCopyNeeded) out.set(c.id, c.missed);
+    for (const c of this.copies.values()) {
+      if (!c.missed) continue;
+      if (!c.fullCopyNeeded) out.set(c.id, c.missed);
+      else {
+        const all = new DirtyMap(this.volumeBytes);
+        all.mark(0, this.volumeBytes);
+        out.set(c.id, all);
+      }
+    }
     return out;
   }
 
@@ -214,15 +225,25 @@ export class CopySet {
   /**
    * Copies failed. Each leaves the write targets at once, with a missed map of
    * everything it may lack; the caller records them stale (`recordedStale`)
-   * before acknowledging anything. The last in-sync copy is never failed: it
-   * may be the only one holding the newest acknowledged data (the caller
-   * fails the request instead, `refusedLastInSync`).
+   * before acknowledging anything. If every in-sync copy failed, one of them
+   * (the local one if it is among them) stays in-sync — it may be the only one
+   * holding the newest acknowledged data — and the request fails instead
+   * (`keptInSync`). Keeping one, not all, matters: a request that timed out may
+   * still land later on some copies and not others, and only one in-sync copy
+   * cannot disagree with itself.
    */
-  fail(ids: readonly string[]): { failed: string[]; refusedLastInSync: boolean } {
+  fail(ids: readonly string[], fullCopy = false): { failed: string[]; keptInSync: string | undefined } {
     let candidates = ids.map((id) => this.copies.get(id)).filter((c): c is Copy => !!c && (c.phase === 'in-sync' || c.phase === 'rebuilding'));
     const inSyncLeft = [...this.copies.values()].filter((c) => c.phase === 'in-sync' && !candidates.includes(c)).length;
-    const refusedLastInSync = inSyncLeft === 0 && candidates.some((c) => c.phase === 'in-sync');
-    if (refusedLastInSync) candidates = candidates.filter((c) => c.phase !== 'in-sync');
+    let keptInSync: string | undefined;
+    if (inSyncLeft === 0) {
+      const inSync = candidates.filter((c) => c.phase === 'in-sync');
+      const keep = inSync.find((c) => c.local) ?? inSync[0];
+      if (keep) {
+        keptInSync = keep.id;
+        candidates = candidates.filter((c) => c !== keep);
+      }
+    }
     for (const c of candidates) {
       const missed = c.missed ?? new DirtyMap(this.volumeBytes);
       missed.union(c.unflushed);
@@ -234,10 +255,11 @@ export class CopySet {
       for (const t of this.changes.values()) missed.mark(t.offset, t.length);
       c.unflushed = new DirtyMap(this.volumeBytes);
       c.missed = missed;
+      if (fullCopy) c.fullCopyNeeded = true;
       this.move(c, 'failing');
       this.missedVersionNow++;
     }
-    return { failed: candidates.map((c) => c.id), refusedLastInSync };
+    return { failed: candidates.map((c) => c.id), keptInSync };
   }
 
   /** The failed copies are recorded stale in etcd. */
@@ -250,7 +272,7 @@ export class CopySet {
 
   // ---- rebuilds
 
-  /** A stale copy starts receiving every change; its missed map stays until it is whole. */
+  /** A stale copy starts receiving every change; its missed map stays until it is whole. A copy known to need a full copy gets one. */
   startRebuild(id: string, full: boolean): void {
     const c = this.must(id);
     this.move(c, 'rebuilding');

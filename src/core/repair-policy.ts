@@ -35,7 +35,8 @@ export interface RepairDecision {
  * one copy at once.
  */
 export function decideRepairs(input: RepairInput): RepairDecision[] {
-  const inSync = input.copies.filter((c) => c.state === 'in-sync').length;
+  // As the controller counts (mayDropStaleCopy): whole copies on live nodes; a rebuilding one may yet fail.
+  const inSync = input.copies.filter((c) => c.state === 'in-sync' && input.nodeUp(c.nodeId)).length;
   const out: RepairDecision[] = [];
   for (const c of input.copies) {
     if (input.running.has(c.id) || !input.nodeUp(c.nodeId)) continue;

@@ -177,7 +177,9 @@ export class VolumeEngine implements NbdBackend {
       if (all[i].phase === 'in-sync') failed.push(all[i].id);
     });
     this.checkUsable();
-    if (failed.length) await this.retire(failed);
+    // A copy we could not open is not fenced: the previous owner, if it still
+    // runs, may yet change it. Only a full copy makes it whole again.
+    if (failed.length) await this.retire(failed, true);
     if (this.copies.inSyncCount() === 0) throw new Error(`no in-sync copy of ${this.opts.volume} could be opened`);
     await this.reconcileIntents();
   }
@@ -274,7 +276,8 @@ export class VolumeEngine implements NbdBackend {
    * Bring a stale (or new) copy up to date while the volume stays in use
    * (DESIGN invariant 6). From the start the copy receives every change; each
    * chunk is locked while copied, so old data never overwrites a newer write.
-   * 'incremental' copies the regions of its missed map; 'full' copies every
+   * 'incremental' copies the regions of its missed map (unless the engine
+   * knows the copy needs a full copy); 'full' copies every
    * chunk where either the source or the target holds data, clearing on the
    * target what the source does not hold. `markInSync` records the result in
    * etcd before the engine reads from the copy.
@@ -284,7 +287,6 @@ export class VolumeEngine implements NbdBackend {
     invariant(!this.rebuilds.has(target.id), `copy ${target.id} is already rebuilding`);
     const known = this.copies.get(target.id);
     invariant(!known || known.phase === 'stale', `copy ${target.id} is ${known?.phase}, not stale`);
-    if (mode === 'incremental' && known && !known.hasMissedMap) throw new Error(`no missed map for copy ${target.id}; a full rebuild is needed`);
     await this.withTimeout(target.id, target.channel.open(target.id, this.opts.epoch));
     this.checkUsable();
     const old = this.channels.get(target.id);
@@ -405,15 +407,14 @@ export class VolumeEngine implements NbdBackend {
   // ---- internals: failures and records
 
   /** Copies failed: take them out of the write set now, then record them stale (acks wait for that). */
-  private retire(ids: readonly string[]): Promise<void> {
-    const result = this.copies.fail(ids);
+  private retire(ids: readonly string[], fullCopy = false): Promise<void> {
+    const result = this.copies.fail(ids, fullCopy);
     for (const id of result.failed) void this.channels.get(id)?.close().catch(() => undefined);
     const recorded = this.recordFailing();
-    if (result.refusedLastInSync) {
-      // The last in-sync copy is never marked stale: it may be the only one
-      // holding the newest acknowledged data. The request fails instead, and
-      // the copy is reconnected for the next one.
-      for (const id of ids) if (this.copies.get(id)?.phase === 'in-sync') this.reconnectSoon(id);
+    if (result.keptInSync !== undefined) {
+      // The last in-sync copy is never marked stale (see CopySet.fail): the
+      // request fails instead, and the copy is reconnected for the next one.
+      this.reconnectSoon(result.keptInSync);
       return recorded.then(() => Promise.reject(new NbdError(Errno.EIO, 'every in-sync copy failed')));
     }
     return recorded;

@@ -14,7 +14,7 @@ import { NbdServer } from '../nbd';
 import { EventCode, type NodeRecord, type VolumeRecord } from '../core/types';
 import type { EventLog } from '../store/events';
 import { getVersioned } from '../store/cas';
-import { keys } from '../store/keys';
+import { idFromKey, keys } from '../store/keys';
 import { listNodes } from '../store/nodes';
 import { listVolumes, requireVolume, updateVolume } from '../store/volumes';
 import { ConflictError, FencedError, UserError, errorMessage } from '../util/errors';
@@ -22,7 +22,7 @@ import { commitOwned } from '../store/owned';
 import type { Logger } from '../util/log';
 import { connectReplica, unreachableChannel, type ReplicaLinkOptions } from './replica-links';
 import { volumeLabel } from './lifecycle';
-import { mayDropStaleCopy } from '../core/volume-decisions';
+import { decideRepairs } from '../core/repair-policy';
 
 export interface HostOptions {
   etcd: Etcd3;
@@ -123,18 +123,21 @@ export class VolumeHost {
       if (!vol.replicas.some((r) => r.id === known.id) && !a.rebuilding.has(known.id)) await engine.removeReplica(known.id);
     }
     const nodes = await listNodes(this.opts.etcd);
-    for (const r of vol.replicas) {
-      if (a.rebuilding.has(r.id)) continue;
-      const node = nodes.find((n) => n.id === r.nodeId);
-      if (!node || node.status === 'maintenance') continue;
-      const inEngine = engine.replicaStates().find((x) => x.id === r.id);
-      if (r.state === 'rebuilding' && inEngine?.state !== 'in-sync') {
-        this.startRebuild(vol, a, r.id, node, 'full');
-      } else if (r.state === 'stale' && (await this.opts.etcd.get(keys.alive(r.nodeId)).string())) {
-        if (mayDropStaleCopy(vol, nodes)) continue; // the controller drops it instead
-        const hasMap = (await this.opts.etcd.get(keys.dirty(vol.name, r.id)).string()) !== null;
-        this.startRebuild(vol, a, r.id, node, r.fullResync || !hasMap ? 'full' : 'incremental');
-      }
+    const alive = new Set((await this.opts.etcd.getAll().prefix(keys.alivePrefix).keys()).map((k) => idFromKey(keys.alivePrefix, k)));
+    const mapPrefix = keys.dirtyPrefix(vol.name);
+    const maps = new Set((await this.opts.etcd.getAll().prefix(mapPrefix).keys()).map((k) => idFromKey(mapPrefix, k)));
+    const nodeUp = (id: string): boolean => alive.has(id) && nodes.some((n) => n.id === id && n.status !== 'maintenance');
+    const decisions = decideRepairs({
+      copies: vol.replicas,
+      level: vol.level,
+      nodeUp,
+      running: a.rebuilding,
+      hasMissedMap: (id) => maps.has(id),
+      engineState: (id) => engine.replicaStates().find((x) => x.id === id)?.state,
+    });
+    for (const d of decisions) {
+      const r = vol.replicas.find((x) => x.id === d.id)!;
+      this.startRebuild(vol, a, d.id, nodes.find((n) => n.id === r.nodeId)!, d.mode);
     }
   }
 
@@ -329,6 +332,12 @@ export class VolumeHost {
       epoch: vol.epoch,
       replicas,
       replicaTimeoutMs: this.opts.replicaTimeoutMs,
+      reconnect: async (replicaId) => {
+        const r = vol.replicas.find((x) => x.id === replicaId);
+        const node = (await listNodes(this.opts.etcd)).find((n) => n.id === r?.nodeId);
+        if (!node) throw new Error(`copy ${replicaId} has no node`);
+        return node.id === self.id ? this.opts.localChannel() : connectReplica(node, this.opts.links);
+      },
       rebuildBytesPerSecond: this.opts.rebuildBytesPerSecond,
       markStale: (ids) => this.markStale(vol.name, vol.epoch, ids),
       persistJournal: (journal) => this.persistJournal(vol.name, vol.epoch, journal),

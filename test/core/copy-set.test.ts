@@ -51,9 +51,9 @@ test('a failed copy may lack every change since its last completed flush, and ev
   set.endChange(afterFlush);
   const inFlight = set.beginChange(4 * MiB, 4096);
 
-  const { failed, refusedLastInSync } = set.fail(['c']);
+  const { failed, keptInSync } = set.fail(['c']);
   assert.deepEqual(failed, ['c']);
-  assert.equal(refusedLastInSync, false);
+  assert.equal(keptInSync, undefined);
   assert.deepEqual(set.writeTargets(), ['a', 'b']);
   const missed = set.missedMaps().get('c')!;
   const regions = missed.ranges().map((r) => r.offset);
@@ -93,7 +93,7 @@ test('the last in-sync copy is never failed; rebuilding copies still are', () =>
   ]);
   set.startRebuild('b', false);
   const r = set.fail(['a', 'b']);
-  assert.equal(r.refusedLastInSync, true);
+  assert.equal(r.keptInSync, 'a');
   assert.deepEqual(r.failed, ['b']);
   assert.equal(set.get('a')?.phase, 'in-sync');
   assert.throws(() => set.remove('a'), /last in-sync/);
@@ -127,4 +127,18 @@ test('a rebuilding copy that fails keeps what it missed before and gains what it
   set.endChange(t);
   set.fail(['b']);
   assert.deepEqual(set.missedMaps().get('b')!.ranges().map((r) => r.offset), [0, 3 * MiB]);
+});
+
+test('when every in-sync copy fails, exactly one stays in-sync (the local one): in-sync copies cannot disagree', () => {
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: false, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: true, phase: 'in-sync' },
+    { id: 'c', nodeId: 'n3', local: false, phase: 'in-sync' },
+  ]);
+  const t = set.beginChange(0, 4096); // timed out everywhere: it may land on any of them later
+  const r = set.fail(['a', 'b', 'c']);
+  assert.equal(r.keptInSync, 'b');
+  assert.deepEqual(r.failed, ['a', 'c']);
+  assert.deepEqual(set.missedMaps().get('a')!.ranges(), [{ offset: 0, length: 64 * 1024 }], 'the doubtful change is resynced from the survivor');
+  set.endChange(t);
 });

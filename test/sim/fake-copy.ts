@@ -73,6 +73,9 @@ export interface LinkState {
 export class FakeChannel implements ReplicaChannel {
   private readonly incarnation: number;
   private closed = false;
+  /** A connection is a byte stream: requests arrive, and answers return, in the order sent. */
+  private lastArrival = 0;
+  private lastAnswer = 0;
 
   constructor(
     private readonly copy: FakeCopy,
@@ -126,7 +129,8 @@ export class FakeChannel implements ReplicaChannel {
     return new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(new ReplicaConnectionError('ECONNABORTED', `${op} ${id}: connection closed`));
       if (this.link.cut) return; // lost: only the caller's timeout ends it
-      this.clock.setTimer(this.rng.int(0, 3), () => {
+      this.lastArrival = Math.max(this.lastArrival, this.clock.now() + this.rng.int(0, 3));
+      this.clock.setTimer(this.lastArrival - this.clock.now(), () => {
         if (this.link.cut) return;
         if (!this.copy.up || this.copy.incarnation !== this.incarnation) {
           return reject(new ReplicaConnectionError('ECONNRESET', `${op} ${id}: connection broken`));
@@ -145,7 +149,8 @@ export class FakeChannel implements ReplicaChannel {
   }
 
   private answer(fn: () => void, reject: (err: unknown) => void): void {
-    this.clock.setTimer(this.rng.int(0, 3), () => {
+    this.lastAnswer = Math.max(this.lastAnswer, this.clock.now() + this.rng.int(0, 3));
+    this.clock.setTimer(this.lastAnswer - this.clock.now(), () => {
       if (this.link.cut) return;
       // The answer of a copy that restarted meanwhile is lost with its connection.
       if (this.copy.incarnation !== this.incarnation) return reject(new ReplicaConnectionError('ECONNRESET', 'connection broken'));

@@ -1,0 +1,51 @@
+// The owner's repair decision: what it rebuilds, how, and what it leaves to the controller.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { decideRepairs, type RepairInput } from '../../src/core/repair-policy';
+
+function input(over: Partial<RepairInput>): RepairInput {
+  return {
+    copies: [],
+    level: 2,
+    nodeUp: () => true,
+    running: new Set(),
+    hasMissedMap: () => true,
+    engineState: () => undefined,
+    ...over,
+  };
+}
+
+test('a stale copy on a live node is resynced from its map, or in full without one', () => {
+  const copies = [
+    { id: 'a', nodeId: 'n1', state: 'in-sync' as const },
+    { id: 'b', nodeId: 'n2', state: 'stale' as const },
+    { id: 'c', nodeId: 'n3', state: 'stale' as const, fullResync: true },
+  ];
+  assert.deepEqual(decideRepairs(input({ copies, level: 3 })), [
+    { id: 'b', mode: 'incremental' },
+    { id: 'c', mode: 'full' },
+  ]);
+  assert.deepEqual(decideRepairs(input({ copies, level: 3, hasMissedMap: () => false }))[0], { id: 'b', mode: 'full' });
+});
+
+test('nothing is started twice, nor on a down node, nor when the level is met by whole copies on live nodes', () => {
+  const copies = [
+    { id: 'a', nodeId: 'n1', state: 'in-sync' as const },
+    { id: 'b', nodeId: 'n2', state: 'in-sync' as const },
+    { id: 'c', nodeId: 'n3', state: 'stale' as const },
+  ];
+  assert.deepEqual(decideRepairs(input({ copies, level: 2 })), [], 'the controller drops it instead');
+  assert.deepEqual(decideRepairs(input({ copies, level: 2, nodeUp: (n) => n !== 'n2' })), [{ id: 'c', mode: 'incremental' }], 'an in-sync copy on a down node does not count');
+  assert.deepEqual(decideRepairs(input({ copies, level: 3, running: new Set(['c']) })), []);
+  assert.deepEqual(decideRepairs(input({ copies, level: 3, nodeUp: (n) => n !== 'n3' })), []);
+  assert.deepEqual(decideRepairs(input({ copies, level: 3, engineState: () => 'rebuilding' })), []);
+});
+
+test('a copy placed new (rebuilding in etcd) is filled in full unless the engine has it whole', () => {
+  const copies = [
+    { id: 'a', nodeId: 'n1', state: 'in-sync' as const },
+    { id: 'd', nodeId: 'n4', state: 'rebuilding' as const },
+  ];
+  assert.deepEqual(decideRepairs(input({ copies })), [{ id: 'd', mode: 'full' }]);
+  assert.deepEqual(decideRepairs(input({ copies, engineState: (id) => (id === 'd' ? 'in-sync' : undefined) })), []);
+});
