@@ -7,7 +7,7 @@ APT_PACKAGES := etcd-server etcd-client libnbd-bin nbdkit fio qemu-utils openssl
 APT_PROBES := etcd etcdctl nbdinfo nbdcopy nbdfuse nbdkit fio qemu-img openssl mkfs.ext4 mkfs.xfs ip fallocate nft losetup blkid /usr/lib/postgresql/15/bin/postgres pgbench psql
 NODE_TEST := node --test --test-concurrency=1 --test-reporter=spec
 
-.PHONY: all deps apt-deps npm-deps build native lint typecheck test test-unit test-integration demo bench clean
+.PHONY: all deps apt-deps npm-deps build native lint typecheck test test-unit test-integration demo bench clean sim
 
 all: build
 
@@ -49,6 +49,12 @@ test-integration: build
 
 test: deps lint typecheck build
 	$(NODE_TEST) $$(find dist/test -name '*.test.js' -not -path '*/e2e/*' | sort)
+
+# The deterministic simulation, long form: 2000 seeds (make test runs 50).
+# Replay one: SIM_SEED=N SIM_TRACE=1 node --test dist/test/sim/simulation.test.js
+SIM_RUNS ?= 2000
+sim: npm-deps build
+	SIM_RUNS=$(SIM_RUNS) node --test --test-name-pattern='every in-sync' dist/test/sim/simulation.test.js
 
 demo: deps build
 	./scripts/demo.sh

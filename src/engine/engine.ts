@@ -170,8 +170,12 @@ export class VolumeEngine implements NbdBackend {
     const all = this.copies.list();
     const results = await Promise.allSettled(all.map((c) => this.call(c.id, (ch) => ch.open(c.id, this.opts.epoch))));
     const failed: string[] = [];
+    const restarted = new Set<string>();
     results.forEach((res, i) => {
-      if (res.status === 'fulfilled') return;
+      if (res.status === 'fulfilled') {
+        if ((res.value as { restarted?: boolean } | undefined)?.restarted === true) restarted.add(all[i].id);
+        return;
+      }
       this.noteFencing(res.reason);
       this.opts.logger.warn({ replica: all[i].id, err: errText(res.reason) }, 'could not open a copy');
       if (all[i].phase === 'in-sync') failed.push(all[i].id);
@@ -181,7 +185,7 @@ export class VolumeEngine implements NbdBackend {
     // runs, may yet change it. Only a full copy makes it whole again.
     if (failed.length) await this.retire(failed, true);
     if (this.copies.inSyncCount() === 0) throw new Error(`no in-sync copy of ${this.opts.volume} could be opened`);
-    await this.reconcileIntents();
+    await this.reconcileIntents(restarted);
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -517,11 +521,15 @@ export class VolumeEngine implements NbdBackend {
 
   /**
    * Make the in-sync copies agree on every extent the previous owner recorded
-   * as intent: copy each from one in-sync copy to the others (any version is
-   * right — none of it was acknowledged as different), stale copies' maps
-   * gain the extents, and the result is flushed before the first I/O.
+   * as intent: copy each from one in-sync copy to the others, and the result
+   * is flushed before the first I/O; stale copies' maps gain the extents. The
+   * source is a copy whose process did not restart since the previous owner
+   * opened it, if there is one: a restarted copy may have lost acknowledged
+   * writes that were not flushed yet, all of them inside these extents.
+   * Between copies that did not restart any version is right: none of it was
+   * acknowledged as different.
    */
-  private async reconcileIntents(): Promise<void> {
+  private async reconcileIntents(restarted: ReadonlySet<string>): Promise<void> {
     const recorded = this.intents.recorded();
     if (recorded.length === 0) return;
     this.opts.logger.info({ extents: recorded.length }, "reconciling the previous owner's intent extents");
@@ -531,7 +539,7 @@ export class VolumeEngine implements NbdBackend {
       try {
         let pending = ticket.targets.filter((id) => this.copies.get(id)?.phase === 'in-sync');
         while (pending.length > 1) {
-          const source = this.copies.readSource();
+          const source = this.copies.readSource(restarted) ?? this.copies.readSource();
           if (!source) throw new NbdError(Errno.EIO, `no in-sync copy of ${this.opts.volume} left to reconcile from`);
           const targets = pending.filter((id) => id !== source);
           const results = await Promise.allSettled(targets.map((id) => this.copyRange(source, id, offset, length)));

@@ -125,9 +125,10 @@ export class Dispatcher {
     const { epoch, offset, length, flags } = req;
     const fua = (flags & Flag.FUA) !== 0;
     switch (req.op as Op) {
-      case Op.OPEN:
-        await r.raiseEpoch(epoch);
-        return this.info(r);
+      case Op.OPEN: {
+        const { restarted } = await r.raiseEpoch(epoch);
+        return this.info(r, { restarted });
+      }
       case Op.STAT:
         return this.info(r);
       case Op.READ: {
@@ -195,8 +196,8 @@ export class Dispatcher {
     return this.info(replica);
   }
 
-  private async info(r: Replica): Promise<Outcome> {
-    return { status: Status.OK, epoch: r.epoch, payload: encodeJson(await replicaInfo(r)) };
+  private async info(r: Replica, extra: Partial<ReplicaInfo> = {}): Promise<Outcome> {
+    return { status: Status.OK, epoch: r.epoch, payload: encodeJson({ ...(await replicaInfo(r)), ...extra }) };
   }
 
   private json(req: Request): unknown {

@@ -20,6 +20,8 @@ export interface ReplicaMeta {
   thick: boolean;
   createdAt: string;
   updatedAt: string;
+  /** Incarnation of the process that last opened it (absent in records from before it was kept). */
+  openedBy?: string;
 }
 
 // Replica ids become file names: keep them to a safe alphabet, no leading dot.
@@ -61,7 +63,8 @@ export function parseMeta(text: string, file: string): ReplicaMeta {
     isReplicaState(m.state) &&
     typeof m.thick === 'boolean' &&
     typeof m.createdAt === 'string' &&
-    typeof m.updatedAt === 'string';
+    typeof m.updatedAt === 'string' &&
+    (m.openedBy === undefined || typeof m.openedBy === 'string');
   if (!ok) throw new ReplicaError('EIO', `${file}: malformed replica metadata`);
   return m as ReplicaMeta;
 }

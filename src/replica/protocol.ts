@@ -152,6 +152,8 @@ export interface ReplicaInfo {
   createdAt: string;
   updatedAt: string;
   allocatedBytes: number;
+  /** OPEN only: the replica's process restarted since it was last opened (unflushed writes may be lost). */
+  restarted?: boolean;
 }
 
 export interface CreatePayload {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { invariant } from '../util/errors';
 import { ioBuffers } from '../util/buffer-pool';
+import { PROCESS_INCARNATION } from './incarnation';
 import { ReplicaError, errnoCode, staleEpoch } from './errors';
 import * as fsext from '../native/fsext';
 import { type ReplicaMeta, type ReplicaState, isValidEpoch, isValidSize, writeMeta } from './meta';
@@ -186,15 +187,20 @@ export class Replica {
    * waits until no operation admitted under an older epoch is still running,
    * so that once this returns a fenced-off writer can change nothing. An
    * equal epoch is accepted as is; a lower one is refused with ESTALE.
+   * Returns whether this process is not the one that opened the replica last:
+   * it restarted since, and may have lost writes that were not flushed.
    */
-  async raiseEpoch(epoch: number): Promise<void> {
+  async raiseEpoch(epoch: number): Promise<{ restarted: boolean }> {
     if (!isValidEpoch(epoch)) throw new ReplicaError('EINVAL', `invalid epoch ${epoch}`);
+    let restarted = false;
     await this.updateMeta((meta) => {
       if (epoch < meta.epoch) throw staleEpoch(meta.replicaId, epoch, meta.epoch);
-      if (epoch === meta.epoch) return undefined;
-      return { ...meta, epoch };
+      restarted = meta.openedBy !== PROCESS_INCARNATION;
+      if (epoch === meta.epoch && !restarted) return undefined;
+      return { ...meta, epoch, openedBy: PROCESS_INCARNATION };
     });
     await this.drainBelow(epoch);
+    return { restarted };
   }
 
   async setState(state: ReplicaState): Promise<void> {

@@ -72,9 +72,9 @@ describe('ReplicaStore', () => {
     try {
       const r = await store.create({ replicaId: 'meta1', volumeUuid: 'aaaa0003', size: MiB, epoch: 3 });
       await r.write(4096, data);
-      await r.raiseEpoch(7);
+      assert.deepEqual(await r.raiseEpoch(7), { restarted: true }, 'no process opened it before');
       await assert.rejects(r.raiseEpoch(6), { code: 'ESTALE' });
-      await r.raiseEpoch(7); // equal is fine
+      assert.deepEqual(await r.raiseEpoch(7), { restarted: false }, 'equal is fine; the same process opened it');
       await r.setState('in-sync');
       await assert.rejects(store.create({ replicaId: 'meta1', volumeUuid: 'x', size: MiB }), { code: 'EEXIST' });
       await assert.rejects(store.create({ replicaId: '../escape', volumeUuid: 'x', size: MiB }), { code: 'EINVAL' });

@@ -11,15 +11,20 @@ const PAGE = 4096;
 
 export class FakeCopy {
   /** What a read returns now. */
-  cache: Buffer;
+  readonly cache: Buffer;
   /** What a power loss leaves. */
-  disk: Buffer;
-  /** Pages written (not trimmed) since creation: the allocation map. */
+  readonly disk: Buffer;
+  /** Pages written (not trimmed): the allocation map, as reads see it and as on disk. */
   readonly allocated: Uint8Array;
+  readonly allocatedOnDisk: Uint8Array;
   epoch = 0;
   up = true;
+  /** Pages changed in the cache since the last flush. */
+  private readonly unflushed = new Set<number>();
   /** Bumped by every restart: connections from before fail. */
   incarnation = 0;
+  /** The incarnation that last opened it (kept on disk with the epoch). */
+  openedBy = 0;
 
   constructor(
     readonly id: string,
@@ -28,13 +33,20 @@ export class FakeCopy {
     this.cache = Buffer.alloc(size);
     this.disk = Buffer.alloc(size);
     this.allocated = new Uint8Array(size / PAGE);
+    this.allocatedOnDisk = new Uint8Array(size / PAGE);
   }
 
   /** The process dies; with `powerLoss`, the page cache is lost too. */
   crash(powerLoss: boolean): void {
     this.up = false;
     this.incarnation++;
-    if (powerLoss) this.cache = Buffer.from(this.disk);
+    if (powerLoss) {
+      for (const p of this.unflushed) {
+        this.disk.copy(this.cache, p * PAGE, p * PAGE, (p + 1) * PAGE);
+        this.allocated[p] = this.allocatedOnDisk[p];
+      }
+      this.unflushed.clear();
+    }
   }
 
   restart(): void {
@@ -42,13 +54,20 @@ export class FakeCopy {
   }
 
   flush(): void {
-    this.disk = Buffer.from(this.cache);
+    for (const p of this.unflushed) {
+      this.cache.copy(this.disk, p * PAGE, p * PAGE, (p + 1) * PAGE);
+      this.allocatedOnDisk[p] = this.allocated[p];
+    }
+    this.unflushed.clear();
   }
 
   apply(offset: number, data: Uint8Array | undefined, length: number, fua: boolean): void {
     if (data) this.cache.set(data, offset);
     else this.cache.fill(0, offset, offset + length);
-    for (let p = Math.floor(offset / PAGE); p * PAGE < offset + length; p++) this.allocated[p] = data ? 1 : 0;
+    for (let p = Math.floor(offset / PAGE); p * PAGE < offset + length; p++) {
+      this.allocated[p] = data ? 1 : 0;
+      this.unflushed.add(p);
+    }
     if (fua) this.flush();
   }
 
@@ -89,8 +108,11 @@ export class FakeChannel implements ReplicaChannel {
   open(id: string, epoch: number): Promise<unknown> {
     return this.request('OPEN', id, epoch, () => {
       if (epoch < this.copy.epoch) throw this.stale('OPEN', id, epoch);
-      this.copy.epoch = epoch; // durable: the replica writes its meta before answering
-      return {};
+      const restarted = this.copy.openedBy !== this.copy.incarnation;
+      // Durable: the replica writes its meta before answering.
+      this.copy.epoch = epoch;
+      this.copy.openedBy = this.copy.incarnation;
+      return { restarted };
     }, true);
   }
 

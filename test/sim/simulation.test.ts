@@ -1,7 +1,7 @@
 // The deterministic simulation (see world.ts): seeded runs of the real engine
 // against simulated copies, etcd and faults. A failing seed replays exactly:
 //   SIM_SEED=1234 SIM_TRACE=1 node --test dist/test/sim/simulation.test.js
-// SIM_RUNS sets how many seeds (default 100), SIM_FIRST_SEED where they start.
+// SIM_RUNS sets how many seeds (default 50; `make sim` runs 2000), SIM_FIRST_SEED where they start.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { World } from './world';
@@ -21,7 +21,7 @@ async function runSeed(seed: number, trace: boolean): Promise<World> {
 
 test('simulation: every in-sync copy holds the same bytes and every acknowledged write survives', async () => {
   const only = process.env.SIM_SEED;
-  const seeds = only ? [Number(only)] : Array.from({ length: Number(process.env.SIM_RUNS ?? 100) }, (_, i) => Number(process.env.SIM_FIRST_SEED ?? 1) + i);
+  const seeds = only ? [Number(only)] : Array.from({ length: Number(process.env.SIM_RUNS ?? 50) }, (_, i) => Number(process.env.SIM_FIRST_SEED ?? 1) + i);
   const totals = { acked: 0, takeovers: 0, rebuilds: 0, faults: 0, checks: 0 };
   for (const seed of seeds) {
     const world = await runSeed(seed, process.env.SIM_TRACE === '1');

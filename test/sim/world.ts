@@ -46,7 +46,11 @@ interface Entry {
   state: 'pending' | 'acked' | 'failed';
   /** Acknowledged, and made durable by FUA or a completed flush since. */
   durable: boolean;
-  ackSeq: number;
+  /** Event counts (see World.seq) when it was issued and acknowledged. */
+  issuedAt: number;
+  ackedAt: number;
+  /** The copies recorded in-sync when it was acknowledged: each holds it. */
+  holders: readonly string[];
 }
 
 type Gate = 'open' | 'paused' | 'dead';
@@ -95,16 +99,14 @@ export class World {
   private owner: Owner | undefined;
   private readonly blocks: Entry[][] = [];
   private nextWriteId = 1;
-  private ackSeq = 0;
+  /** Counts issues, acks, power losses and owner changes: their order is what the oracle needs. */
+  private seq = 0;
   private takingOver = false;
   private workloadOn = true;
-  /**
-   * Set when, since the last check, the owner lost power or the only live
-   * in-sync copy did: then, as on one disk, only durable writes must survive.
-   */
-  private lossAllowed = false;
-  /** Acks up to this one came before the last loss: a later flush does not make them durable. */
-  private lossSeq = 0;
+  /** Per copy: the ack count when it last lost power (acks up to it may be gone from it). */
+  private readonly powerLossSeq = new Map<string, number>();
+  /** The ack count when the owner last changed after a crash or pause (the application restarted). */
+  private ownerChangeSeq = -1;
   readonly stats: RunStats = { acked: 0, takeovers: 0, rebuilds: 0, faults: 0, checks: 0 };
   readonly trace: string[] = [];
   private failure: string | undefined;
@@ -119,7 +121,7 @@ export class World {
       dirty: new Map(),
       intents: [],
     };
-    for (let b = 0; b < BLOCKS; b++) this.blocks.push([{ id: 0, state: 'acked', durable: true, ackSeq: 0 }]);
+    for (let b = 0; b < BLOCKS; b++) this.blocks.push([{ id: 0, state: 'acked', durable: true, issuedAt: 0, ackedAt: 0, holders: [] }]);
   }
 
   private log(msg: string): void {
@@ -314,7 +316,7 @@ export class World {
       o.ops--;
     };
     if (kind < 0.15) {
-      const mark = this.ackSeq;
+      const mark = ++this.seq;
       o.engine.flush().then(
         () => {
           if (WATCH_BLOCK >= 0) this.log(`flush acked on ${o.node}@${o.epoch}${o.gate === 'dead' ? ' (dead)' : ''}`);
@@ -330,8 +332,9 @@ export class World {
     const fua = this.rng.chance(0.1);
     const id = kind < 0.85 ? this.nextWriteId++ : 0;
     const entries: Entry[] = [];
+    const issuedAt = ++this.seq;
     for (let b = first; b < first + count; b++) {
-      const e: Entry = { id, state: 'pending', durable: false, ackSeq: 0 };
+      const e: Entry = { id, state: 'pending', durable: false, issuedAt, ackedAt: 0, holders: [] };
       this.blocks[b].push(e);
       entries.push(e);
     }
@@ -347,10 +350,12 @@ export class World {
       () => {
         // An answer from a process that died is never seen by anyone.
         if (o.gate === 'dead') return done();
-        const seq = ++this.ackSeq;
+        const seq = ++this.seq;
+        const holders = this.store.replicas.filter((r) => r.state === 'in-sync').map((r) => r.id);
         for (const e of entries) {
+          e.holders = holders;
           e.state = 'acked';
-          e.ackSeq = seq;
+          e.ackedAt = seq;
           e.durable = fua;
         }
         this.stats.acked++;
@@ -365,15 +370,26 @@ export class World {
     );
   }
 
-  /** From here until the next check, acknowledged writes not yet durable may be lost. */
-  private noteLoss(): void {
-    this.lossAllowed = true;
-    this.lossSeq = this.ackSeq;
+  /**
+   * Whether an acknowledged write not yet flushed may be gone: every copy
+   * holding it lost power since; or one did and the owner changed (the
+   * application restarted, as after a power loss of one disk, and the new
+   * owner could not tell which copy kept it).
+   */
+  private mayBeLost(e: Entry): boolean {
+    if (e.durable) return false;
+    // A power loss after the write was issued may have taken it (applied, not yet flushed).
+    const lost = e.holders.filter((h) => (this.powerLossSeq.get(h) ?? -1) > e.issuedAt).length;
+    return lost > 0 && (lost === e.holders.length || this.ownerChangeSeq > e.issuedAt);
+  }
+
+  private notePowerLoss(copyId: string): void {
+    this.powerLossSeq.set(copyId, ++this.seq);
   }
 
   /** A flush issued when `mark` acks had been seen completed: those writes are durable. */
   private markDurable(mark: number): void {
-    for (const hist of this.blocks) for (const e of hist) if (e.state === 'acked' && e.ackSeq > this.lossSeq && e.ackSeq <= mark) e.durable = true;
+    for (const hist of this.blocks) for (const e of hist) if (e.state === 'acked' && e.ackedAt < mark && !this.mayBeLost(e)) e.durable = true;
   }
 
   /** Values a block may read as now: from the newest write that must survive, anything issued after it. */
@@ -382,7 +398,7 @@ export class World {
     let base = 0;
     for (let i = hist.length - 1; i >= 0; i--) {
       const e = hist[i];
-      if (e.state === 'acked' && (e.durable || !this.lossAllowed)) {
+      if (e.state === 'acked' && !this.mayBeLost(e)) {
         base = i;
         break;
       }
@@ -396,7 +412,7 @@ export class World {
     let i = hist.length - 1;
     while (hist[i].id !== value) i--;
     // Read after the check's flush, with nothing written since: on disk everywhere.
-    this.blocks[b] = [{ ...hist[i], state: 'acked', durable: true, ackSeq: this.ackSeq }];
+    this.blocks[b] = [{ ...hist[i], state: 'acked', durable: true, issuedAt: this.seq, ackedAt: this.seq }];
   }
 
   // ---- checks
@@ -443,7 +459,6 @@ export class World {
     );
     await this.clock.runUntil(() => read !== undefined, 30_000);
     if (read && inSync.length && !read.equals(inSync[0].cache)) this.fail(`${reason}: the engine reads other bytes than its in-sync copies hold`);
-    this.lossAllowed = false;
     this.log(`check (${reason}) passed; in-sync ${inSync.map((c) => c.id).join(',')}`);
     this.workloadOn = true;
   }
@@ -461,8 +476,7 @@ export class World {
         const c = this.copies.get(this.rng.pick(copyIds))!;
         if (!c.up) return;
         const powerLoss = f === 0;
-        const othersInSync = this.store.replicas.filter((r) => r.id !== c.id && r.state === 'in-sync' && this.copies.get(r.id)!.up);
-        if (powerLoss && othersInSync.length === 0) this.noteLoss();
+        if (powerLoss) this.notePowerLoss(c.id);
         c.crash(powerLoss);
         this.log(`copy ${c.id} crashed${powerLoss ? ' with power loss' : ''}`);
         this.clock.setTimer(this.rng.int(200, 4000), () => {
@@ -493,9 +507,9 @@ export class World {
         const paused = f === 5;
         o.gate = paused ? 'paused' : 'dead';
         if (!paused) {
-          this.noteLoss();
           const local = this.copyOnNode(o.node);
           if (local?.up) {
+            this.notePowerLoss(local.id);
             local.crash(true);
             this.clock.setTimer(LEASE_MS + this.rng.int(500, 4000), () => local.restart());
           }
@@ -503,6 +517,7 @@ export class World {
         this.log(`owner ${o.node}@${o.epoch} ${paused ? 'paused' : 'lost power'}`);
         this.clock.setTimer(LEASE_MS, () => {
           this.release();
+          this.ownerChangeSeq = ++this.seq;
           const next = this.rng.pick(NODES.filter((n) => n !== o.node && this.nodeUp(n)));
           this.takingOver = true;
           void this.takeOver(next).finally(() => (this.takingOver = false));
@@ -575,12 +590,14 @@ export class World {
 
 function blockData(id: number, count: number): Buffer {
   const buf = Buffer.alloc(count * BLOCK);
-  for (let i = 0; i < buf.length; i += 4) buf.writeUInt32LE(id, i);
+  new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4).fill(id);
   return buf;
 }
 
+/** The write id a block holds (every word of it), or -1 if it is torn. */
 function blockValue(image: Buffer, b: number): number {
-  const v = image.readUInt32LE(b * BLOCK);
-  for (let i = b * BLOCK; i < (b + 1) * BLOCK; i += 4) if (image.readUInt32LE(i) !== v) return -1; // torn
+  const words = new Uint32Array(image.buffer, image.byteOffset + b * BLOCK, BLOCK / 4);
+  const v = words[0];
+  for (let i = 1; i < words.length; i++) if (words[i] !== v) return -1;
   return v;
 }
