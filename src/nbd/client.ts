@@ -11,8 +11,9 @@ const SIMPLE_REPLY_MAGIC = 0x67446698;
 const OPT_GO = 7;
 const REP_ACK = 1;
 const REP_INFO = 3;
-const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3 } as const;
+const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
 const FLAG_FUA = 1;
+const FLAG_NO_HOLE = 2;
 
 export class NbdRequestError extends Error {
   constructor(readonly errno: number) {
@@ -162,6 +163,15 @@ export class SimpleNbdClient {
 
   async flush(): Promise<void> {
     await this.request(CMD.FLUSH, 0, 0, 0);
+  }
+
+  async trim(offset: number, length: number): Promise<void> {
+    await this.request(CMD.TRIM, 0, offset, length);
+  }
+
+  /** WRITE_ZEROES; unless `noHole`, the server may punch a hole instead of writing zeros. */
+  async writeZeroes(offset: number, length: number, noHole = false): Promise<void> {
+    await this.request(CMD.WRITE_ZEROES, noHole ? FLAG_NO_HOLE : 0, offset, length);
   }
 
   close(): void {

@@ -46,6 +46,9 @@ interface Attached {
   vdisk: string;
   /** Copies whose rebuild or resync this node runs now. */
   rebuilding: Set<string>;
+  /** A reconcile pass runs now; the newest record seen meanwhile waits for the next one. */
+  reconciling?: boolean;
+  reconcileNext?: VolumeRecord;
   progressTimer?: NodeJS.Timeout;
 }
 
@@ -100,7 +103,24 @@ export class VolumeHost {
       void this.serial(vol.name, () => this.stopLocal(vol.name, a));
       return;
     }
-    void this.reconcileReplicas(vol, a).catch((err: unknown) => this.opts.logger.warn({ volume: vol.name, err: errorMessage(err) }, 'replica reconcile failed'));
+    this.reconcileSoon(vol, a);
+  }
+
+  /** One reconcile pass per volume at a time; a record that arrives meanwhile is handled by one more pass. */
+  private reconcileSoon(vol: VolumeRecord, a: Attached): void {
+    if (a.reconciling) {
+      a.reconcileNext = vol;
+      return;
+    }
+    a.reconciling = true;
+    void this.reconcileReplicas(vol, a)
+      .catch((err: unknown) => this.opts.logger.warn({ volume: vol.name, err: errorMessage(err) }, 'replica reconcile failed'))
+      .finally(() => {
+        a.reconciling = false;
+        const next = a.reconcileNext;
+        a.reconcileNext = undefined;
+        if (next && this.attached.get(vol.name) === a) this.reconcileSoon(next, a);
+      });
   }
 
   private onNodeRecord(node: NodeRecord): void {
