@@ -50,6 +50,15 @@ test-integration: build
 test: deps lint typecheck build
 	$(NODE_TEST) $$(find dist/test -name '*.test.js' -not -path '*/e2e/*' | sort)
 
+# The fault campaign on a real local cluster: 8 fault kinds x 10 runs under a
+# writer that records every acknowledged write (about an hour); faults-short
+# runs each kind once (in CI). Non-zero exit on any loss or difference.
+.PHONY: faults faults-short
+faults: deps build
+	node dist/test/faults/campaign.js --runs 10
+faults-short: deps build
+	node dist/test/faults/campaign.js --runs 1
+
 # The deterministic simulation, long form: 2000 seeds (make test runs 50).
 # Replay one: SIM_SEED=N SIM_TRACE=1 node --test dist/test/sim/simulation.test.js
 SIM_RUNS ?= 2000

@@ -41,6 +41,8 @@ export class RecordWriter {
     private readonly baseBlock: number,
     startSeq = 0,
     private readonly inFlight = 4,
+    /** FUA writes are durable when acknowledged; without, only a later FLUSH makes them so. */
+    private readonly fua = true,
   ) {
     this.next = startSeq;
   }
@@ -57,7 +59,7 @@ export class RecordWriter {
         const seq = this.next++;
         this.unknown.add(seq);
         try {
-          await this.client.write(this.offsetOf(seq), recordBytes(this.stream, seq), true);
+          await this.client.write(this.offsetOf(seq), recordBytes(this.stream, seq), this.fua);
           this.unknown.delete(seq);
           this.acked.add(seq);
         } catch (err) {
