@@ -47,6 +47,13 @@ export class ApiClient {
     }
   }
 
+  /** The same client, asking the agent at `host` (an IP) first: a request about a node goes to that node's own agent. */
+  preferring(host: string): ApiClient {
+    const first = this.config.endpoints.filter((e) => new URL(e).hostname === host);
+    const rest = this.config.endpoints.filter((e) => !first.includes(e));
+    return new ApiClient({ ...this.config, endpoints: [...first, ...rest] }, this.timeoutMs, this.send);
+  }
+
   private open(endpoint: string, method: string, path: string, body?: unknown, stream = false): Promise<IncomingMessage> {
     return new Promise((resolve, reject) => {
       const url = new URL(path, endpoint);
@@ -64,10 +71,13 @@ export class ApiClient {
           resolve(res);
         },
       );
-      // Until the connection is made, not one byte of the request has left this machine.
+      // Until the connection is made (for TLS: its handshake done), not one
+      // byte of the request has left this machine. A frozen agent still
+      // accepts TCP connections in the kernel, but never completes a handshake.
       let connected = false;
       req.on('socket', (socket) => {
-        if (socket.connecting) socket.once('connect', () => (connected = true));
+        const ready = 'encrypted' in socket ? 'secureConnect' : 'connect';
+        if (socket.connecting) socket.once(ready, () => (connected = true));
         else connected = true; // a kept-alive connection: the request goes out at once
       });
       req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
@@ -86,7 +96,14 @@ export class ApiClient {
     const failures: string[] = [];
     for (const endpoint of this.config.endpoints) {
       try {
-        return await this.open(endpoint, method, path, body, stream);
+        const res = await this.open(endpoint, method, path, body, stream);
+        // An agent that cannot reach etcd answers 5xx: a read is asked of the next one.
+        if (isIdempotent(method) && (res.statusCode ?? 500) >= 500 && endpoint !== this.config.endpoints[this.config.endpoints.length - 1]) {
+          res.resume();
+          failures.push(`${new URL(endpoint).host} (HTTP ${res.statusCode})`);
+          continue;
+        }
+        return res;
       } catch (err) {
         const e = err as RequestError;
         const host = new URL(endpoint).host;

@@ -187,7 +187,13 @@ export function buildProgram(): Command {
     .option('--node <node>', 'the node (default: the agent that answers)')
     .option('--json', 'print JSON')
     .action(async (name: string, o: { node?: string; json?: boolean }) => {
-      const v = await (await api()).post<VolumeRecord>(`/v1/volumes/${encodeURIComponent(name)}/attach`, { node: o.node });
+      let client = await api();
+      if (o.node) {
+        // Asked of the target node's own agent first: it need not be reachable from the others' side of a failure.
+        const target = (await client.get<NodeView[]>('/v1/nodes')).find((n) => n.name === o.node || n.id === o.node);
+        if (target) client = client.preferring(target.ip);
+      }
+      const v = await client.post<VolumeRecord>(`/v1/volumes/${encodeURIComponent(name)}/attach`, { node: o.node });
       if (o.json) printJson(v);
       else print(`volume ${v.name} attached (epoch ${v.epoch}): ${v.attachment?.uri ?? ''}`);
     });

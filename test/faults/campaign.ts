@@ -217,14 +217,17 @@ class Campaign {
     return JSON.parse(await cliOk(this.cluster, ['node', 'ls', '--json'])) as NodeRow[];
   }
 
-  /** Whether the owner reports a rebuild or resync of one of the volume's copies under way (read from etcd: fast enough to catch one). */
+  /**
+   * Whether the owner has a rebuild or resync of one of the volume's copies
+   * starting or under way: it keeps the progress key while one runs (read from
+   * etcd, fast enough to catch one).
+   */
   async rebuilding(volume: string): Promise<boolean> {
-    const progress = await (await this.cluster.etcd()).get(keys.progress(volume)).string();
-    return progress !== null && progress !== '[]';
+    return (await (await this.cluster.etcd()).get(keys.progress(volume)).string()) !== null;
   }
 
   async up(): Promise<void> {
-    this.cluster = await LocalCluster.up({ nodes: NODES.length, ipPrefix: IP_PREFIX, leaseTtl: 3, extraArgs: ['--rebuild-grace', '600', '--replica-timeout', '2000', '--rebuild-rate', '8'] });
+    this.cluster = await LocalCluster.up({ nodes: NODES.length, ipPrefix: IP_PREFIX, leaseTtl: 3, extraArgs: ['--rebuild-grace', '600', '--replica-timeout', '2000', '--rebuild-rate', '2'] });
   }
 
   async down(): Promise<void> {
@@ -283,9 +286,9 @@ async function main(): Promise<number> {
         } catch (err) {
           t.incomplete++;
           console.error(`${kind.name} run ${i + 1} did not complete: ${(err as Error).message}`);
-          await campaign.net.heal();
-          for (const n of NODES) await campaign.cluster.nodeAction('resume', n).catch(() => undefined);
-          for (const n of NODES) await campaign.cluster.nodeAction('start', n).catch(() => undefined);
+          // Whatever state it left, the next run starts on a fresh cluster.
+          await campaign.down();
+          await campaign.up();
         }
       }
       await campaign.down();
