@@ -161,18 +161,24 @@ export class VolumeHost {
     }
   }
 
-  private startRebuild(vol: VolumeRecord, a: Attached, replicaId: string, node: NodeRecord, mode: 'full' | 'incremental'): void {
+  private startRebuild(vol: VolumeRecord, a: Attached, replicaId: string, node: NodeRecord, wanted: 'full' | 'incremental'): void {
+    let mode = wanted;
     a.rebuilding.add(replicaId);
     const record = vol.replicas.find((r) => r.id === replicaId)!;
     const run = async (): Promise<void> => {
       const channel: ReplicaOps = node.id === this.opts.self().id ? this.opts.localChannel() : await connectReplica(node, this.opts.links);
+      const create = (): Promise<unknown> =>
+        channel.create({ replicaId, volumeUuid: vol.uuid, size: vol.sizeBytes, thick: vol.provision === 'thick', epoch: a.epoch, driveId: record.driveId, state: 'rebuilding' });
       if (record.state === 'rebuilding') {
         // A new copy placed by the controller: make its file (again, if a previous owner began it).
-        await channel
-          .create({ replicaId, volumeUuid: vol.uuid, size: vol.sizeBytes, thick: vol.provision === 'thick', epoch: a.epoch, driveId: record.driveId, state: 'rebuilding' })
-          .catch((err: unknown) => {
-            if (!/EEXIST/.test(errorMessage(err))) throw err;
-          });
+        await create().catch((err: unknown) => {
+          if (!/EEXIST/.test(errorMessage(err))) throw err;
+        });
+      } else if (!(await replicaExists(channel, replicaId))) {
+        // A stale copy whose files are gone (a wiped or replaced drive): made again, empty, and filled in full.
+        this.opts.logger.warn({ volume: vol.name, replica: replicaId, node: node.name }, 'the files of a stale copy are gone; making it again');
+        await create();
+        mode = 'full';
       }
       await this.opts.events.write({ level: 'info', component: 'DFS', message: `${volumeLabel(vol)} rebuilding on node ${node.id}`, code: EventCode.volumeRebuilding });
       this.opts.logger.info({ volume: vol.name, replica: replicaId, node: node.name, mode }, 'rebuild started');
@@ -437,5 +443,16 @@ export class VolumeHost {
     clearInterval(this.reconcileTimer);
     for (const w of this.watchers) await w.cancel().catch(() => undefined);
     for (const name of [...this.attached.keys()]) await this.stopLocal(name);
+  }
+}
+
+/** Whether the copy's replica server has it (ENOENT: its files are gone). */
+async function replicaExists(channel: ReplicaOps, replicaId: string): Promise<boolean> {
+  try {
+    await channel.stat(replicaId);
+    return true;
+  } catch (err) {
+    if (/ENOENT/.test(errorMessage(err))) return false;
+    throw err;
   }
 }

@@ -1,4 +1,4 @@
-// Data safety on a real cluster, failures 1 and 2 of the issue.
+// Data safety on a real cluster, failures 1, 2 and 8 of the issue.
 //
 // Failure 1: a full rebuild must make the target
 // equal to the source also where the source holds nothing. The dead owner's
@@ -15,12 +15,16 @@
 // agent is killed and its image put back as saved. Its resync must cover
 // everything written since that flush. (Before the fix its dirty map held only
 // the writes in flight when it failed.)
+//
+// Failure 8: a stale copy whose files are gone on a live node (a wiped or
+// replaced drive) was retried forever and never whole again; it must be made
+// again and filled in full.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
 import { attachAndConnect, cliOk, replicaFile, volumeInfo } from '../helpers/volumes';
 import { sha256File } from '../helpers/tools';
-import { copyFile } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 
 const IP_PREFIX = '127.0.29.';
@@ -88,6 +92,32 @@ describe('data safety: rebuilds and resyncs leave identical copies', () => {
     client.close();
     await cliOk(cluster, ['volume', 'detach', 'power']);
     const vol = await volumeInfo(cluster, 'power');
+    const sums = await Promise.all(vol.replicas.map((r) => sha256File(replicaFile(cluster, r.id))));
+    assert.equal(new Set(sums).size, 1, `in-sync copies differ: ${vol.replicas.map((r, i) => `${r.nodeName}=${sums[i].slice(0, 12)}`).join(' ')}`);
+  });
+
+  test('a stale copy whose files are gone is made again and rebuilt in full', async () => {
+    await cliOk(cluster, ['volume', 'create', 'wiped', '--capacity', '64MB', '--level', '2', '--node', 'v3']);
+    const nodes = JSON.parse(await cliOk(cluster, ['node', 'ls', '--json'])) as Array<{ id: string; name: string }>;
+    const v3 = nodes.find((n) => n.name === 'v3')!;
+    const { client } = await attachAndConnect(cluster, 'wiped', 'v3');
+    await client.write(0, Buffer.alloc(4 * MiB, 0x44));
+    await client.flush();
+    const copy = (await volumeInfo(cluster, 'wiped')).replicas.find((r) => r.nodeId !== v3.id)!;
+    const copyNode = nodes.find((n) => n.id === copy.nodeId)!;
+    const image = replicaFile(cluster, copy.id);
+
+    await cluster.nodeAction('kill', copyNode.name);
+    await client.write(8 * MiB, Buffer.alloc(MiB, 0x55));
+    await eventually('the copy marked stale', async () => (await volumeInfo(cluster, 'wiped')).replicas.find((r) => r.id === copy.id)?.state === 'stale');
+    await rm(image);
+    await rm(image.replace(/\.img$/, '.meta.json'));
+    await cluster.nodeAction('start', copyNode.name);
+    await eventually('the copy in sync again', async () => (await volumeInfo(cluster, 'wiped')).replicas.every((r) => r.state === 'in-sync'), 120_000);
+
+    client.close();
+    await cliOk(cluster, ['volume', 'detach', 'wiped']);
+    const vol = await volumeInfo(cluster, 'wiped');
     const sums = await Promise.all(vol.replicas.map((r) => sha256File(replicaFile(cluster, r.id))));
     assert.equal(new Set(sums).size, 1, `in-sync copies differ: ${vol.replicas.map((r, i) => `${r.nodeName}=${sums[i].slice(0, 12)}`).join(' ')}`);
   });
