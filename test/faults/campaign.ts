@@ -191,11 +191,14 @@ const KINDS: FaultKind[] = [
       await r.until(w, 200);
       const owner = r.owner;
       const copy = await r.copyNode();
-      await Promise.all([r.ctx.cluster.nodeAction('kill', owner), r.ctx.cluster.nodeAction('kill', copy.name)]);
+      // One after the other: the launcher's state file takes one change at a time.
+      await r.ctx.cluster.nodeAction('kill', owner);
+      await r.ctx.cluster.nodeAction('kill', copy.name);
       await w.stop();
       await r.failover([owner, copy.name]);
       await r.until(r.write(), 200);
-      await Promise.all([r.ctx.cluster.nodeAction('start', owner), r.ctx.cluster.nodeAction('start', copy.name)]);
+      await r.ctx.cluster.nodeAction('start', owner);
+      await r.ctx.cluster.nodeAction('start', copy.name);
     },
   },
 ];
@@ -274,6 +277,13 @@ async function main(): Promise<number> {
   const kinds = KINDS.filter((k) => !only || only.includes(k.name));
   if (kinds.length === 0) throw new Error(`no such fault kind; known: ${KINDS.map((k) => k.name).join(', ')}`);
   const campaign = new Campaign();
+  // Interrupted: stop this campaign's daemons (by PID, through the launcher) before leaving.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      console.error(`${signal}: stopping the campaign's cluster`);
+      void campaign.down().finally(() => process.exit(130));
+    });
+  }
   let bad = false;
   try {
     for (const kind of kinds) {
