@@ -262,6 +262,14 @@ export class CopySet {
     return { failed: candidates.map((c) => c.id), keptInSync };
   }
 
+  /** Every copy that is not whole may lack these ranges too (its map grows; store it before going on). */
+  markMissed(ranges: ReadonlyArray<{ offset: number; length: number }>): void {
+    for (const c of this.copies.values()) {
+      if (!c.missed || (c.phase !== 'stale' && c.phase !== 'failing')) continue;
+      for (const r of ranges) if (c.missed.mark(r.offset, r.length)) this.missedVersionNow++;
+    }
+  }
+
   /** The failed copies are recorded stale in etcd. */
   recordedStale(ids: readonly string[]): void {
     for (const id of ids) {

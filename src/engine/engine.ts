@@ -432,17 +432,34 @@ export class VolumeEngine implements NbdBackend {
     const attempt = async (): Promise<void> => {
       await sleep(this.clock, RETRY_MS);
       const ch = await reconnect(id);
+      let info: { restarted?: boolean } | undefined;
       try {
-        await this.withTimeout(id, ch.open(id, this.opts.epoch));
+        info = (await this.withTimeout(id, ch.open(id, this.opts.epoch))) as { restarted?: boolean } | undefined;
       } catch (err) {
         void ch.close().catch(() => undefined);
         throw err;
       }
       if (this.closed || this.copies.get(id)?.phase !== 'in-sync') return void ch.close().catch(() => undefined);
+      let restartedAlone = false;
+      if (info?.restarted === true) {
+        // Its process restarted: it may have lost changes it had not flushed, all inside the intent extents.
+        if (this.copies.inSyncCount() > 1) {
+          // Another copy became whole meanwhile (rebuilt from it before it failed): that one keeps the data.
+          void ch.close().catch(() => undefined);
+          return this.retire([id]);
+        }
+        // Still the only whole copy: what it holds now is the volume. Copies being filled from it start again,
+        // and every other copy's missed map gains the extents where it may now differ from it.
+        const filling = this.copies.list().filter((c) => c.phase === 'rebuilding').map((c) => c.id);
+        if (filling.length) void this.retire(filling).catch(() => undefined);
+        this.copies.markMissed(this.intents.recorded().map((e) => this.intents.rangeOf(e)));
+        restartedAlone = true;
+      }
       const old = this.channels.get(id);
       this.channels.set(id, ch);
       void old?.close().catch(() => undefined);
-      this.opts.logger.warn({ replica: id }, 'reconnected the last in-sync copy');
+      this.opts.logger.warn({ replica: id, restarted: info?.restarted === true }, 'reconnected the last in-sync copy');
+      if (restartedAlone) await this.awaitJournal();
     };
     void attempt()
       .catch((err: unknown) => {

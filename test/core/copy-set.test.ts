@@ -142,3 +142,15 @@ test('when every in-sync copy fails, exactly one stays in-sync (the local one): 
   assert.deepEqual(set.missedMaps().get('a')!.ranges(), [{ offset: 0, length: 64 * 1024 }], 'the doubtful change is resynced from the survivor');
   set.endChange(t);
 });
+
+test('when the only whole copy restarted, every other copy may differ from it wherever changes were unsettled', () => {
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: true, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'stale', missed: new DirtyMap(SIZE) },
+  ]);
+  const v = set.missedVersion;
+  set.markMissed([{ offset: 4 * MiB, length: 4 * MiB }]);
+  assert.ok(set.missedVersion > v, 'the grown map must be stored');
+  assert.deepEqual(set.missedMaps().get('b')!.ranges(), [{ offset: 4 * MiB, length: 4 * MiB }]);
+  assert.equal(set.missedMaps().has('a'), false, 'the whole copy has no missed map');
+});
