@@ -51,7 +51,7 @@ test: deps lint typecheck build
 	$(NODE_TEST) $$(find dist/test -name '*.test.js' -not -path '*/e2e/*' | sort)
 
 # The fault campaign on a real local cluster: 8 fault kinds x 10 runs under a
-# writer that records every acknowledged write (about an hour); faults-short
+# writer that records every acknowledged write (about two hours); faults-short
 # runs each kind once (in CI). Non-zero exit on any loss or difference.
 .PHONY: faults faults-short
 faults: deps build
