@@ -152,12 +152,15 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
     // 4. Below its level: replace copies whose node has been down past the grace
     //    period (or that are missing); copies on returned nodes are resynced by the owner.
     if (healthy.length < v.level) {
-      const expired = staleOnes.filter((r) => {
+      // Copies on a down node wait for it through the grace period, whether the
+      // owner has recorded them stale yet or not (it does so a moment after the
+      // node is seen down); only stale ones past the grace period are replaced.
+      const downSince = (r: ReplicaRecord): number | undefined => {
         const n = nodes.get(r.nodeId);
-        if (!n || n.status !== 'maintenance') return false;
-        return input.now.getTime() - new Date(n.statusSince).getTime() >= input.rebuildGraceMs;
-      });
-      const waiting = staleOnes.length - expired.length;
+        return n?.status === 'maintenance' ? input.now.getTime() - new Date(n.statusSince).getTime() : undefined;
+      };
+      const expired = staleOnes.filter((r) => (downSince(r) ?? -1) >= input.rebuildGraceMs);
+      const waiting = v.replicas.filter((r) => !isHealthy(r, nodes) && !expired.includes(r) && (r.state === 'stale' || downSince(r) !== undefined)).length;
       const needed = v.level - healthy.length - waiting;
       if (needed <= 0) continue;
       const kept = v.replicas.filter((r) => !expired.includes(r));

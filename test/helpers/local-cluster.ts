@@ -98,7 +98,9 @@ export class LocalCluster {
       for (const n of state.nodes) if (n.pid && isOurProcess(n.pid, n.configFile)) await stopDaemon(n.pid, n.configFile, 2000);
       if (state.etcd.pid && isOurProcess(state.etcd.pid, state.etcd.dataDir)) await stopDaemon(state.etcd.pid, state.etcd.dataDir, 2000);
     }
-    await rm(this.home, { recursive: true, force: true });
+    // CIO_TEST_KEEP=1 keeps the logs and images of every cluster for a post-mortem.
+    if (process.env.CIO_TEST_KEEP) console.log(`# kept ${this.home}`);
+    else await rm(this.home, { recursive: true, force: true });
   }
 }
 

@@ -61,6 +61,16 @@ test('an attached volume below its level gets a new copy only after the grace pe
   assert.ok(!change.after.replicas.some((r) => r.nodeId === 'b'), 'the expired stale copy is dropped');
 });
 
+test('a copy on a node just seen down waits for the grace period even before the owner records it stale', () => {
+  const down = new Date(T0.getTime() + 50_000);
+  const nodes = [node('a'), node('b', 'maintenance', down), node('c'), node('d')];
+  const v = volume('a', [['a', 'in-sync'], ['b', 'in-sync'], ['c', 'in-sync']], 3);
+  assert.deepEqual(decideVolumes(input([v], nodes, new Date(down.getTime() + 10))), [], 'no replacement within the grace period');
+  const [change] = decideVolumes(input([{ ...v, replicas: v.replicas.map((r) => (r.nodeId === 'b' ? { ...r, state: 'stale' } : r)) }], nodes, new Date(down.getTime() + 31_000)));
+  assert.equal(change.kind, 'replace', 'replaced once it is stale and the grace period is over');
+  assert.deepEqual(change.after.replicas.map((r) => r.nodeId).sort(), ['a', 'c', 'd']);
+});
+
 test('a whole attached volume without a local copy gets one, then a remote one is retired', () => {
   const nodes = [node('a'), node('b'), node('c')];
   const [add] = decideVolumes(input([volume('c', [['a', 'in-sync'], ['b', 'in-sync']])], nodes));
