@@ -11,6 +11,7 @@ import { EventLog } from '../store/events';
 import { keys } from '../store/keys';
 import type { NodeIdentity } from '../store/nodes';
 import type { Logger } from '../util/log';
+import { errorMessage } from '../util/errors';
 import type { AgentConfig } from './config';
 import { measureDrives, prepareDrives } from './drives';
 import { Membership } from './membership';
@@ -94,6 +95,7 @@ export class Agent {
     this.gaugeTimer.unref();
 
     const controller = this.controller;
+    const peers = new PeerClient(tls);
     const host = new VolumeHost({
       etcd,
       events,
@@ -102,10 +104,20 @@ export class Agent {
       socketDir: path.join(cfg.dataDir, 'nbd'),
       replicaTimeoutMs: cfg.replicaTimeoutMs,
       rebuildBytesPerSecond: cfg.rebuildMaxMiBps * 1024 * 1024,
+      rebuildGraceMs: cfg.rebuildGraceSeconds * 1000,
+      repairDelayMs: cfg.repairDelaySeconds * 1000,
+      lease: membership.window,
+      releaseElsewhere: async (node, volume) => {
+        await peers.call(node, 'POST', `/v1/volumes/${encodeURIComponent(volume)}/detach`, {});
+      },
       localChannel: () => replicaServer.localChannel(),
       logger: this.logger.child({ component: 'volumes' }),
     });
     this.host = host;
+    // A new lease after a lost one: volumes still ours serve I/O again under it.
+    membership.on('alive', () => {
+      host.leaseRenewed().catch((err: unknown) => this.logger.warn({ err: errorMessage(err) }, 'could not check ownership under the new lease'));
+    });
     const lifecycle = { etcd, events, links, logger: this.logger.child({ component: 'volumes' }) };
     this.api = await startApi(
       {
@@ -114,7 +126,7 @@ export class Agent {
         self,
         controllerId: () => controller.leaderId(),
         logger: this.logger,
-        volumes: { etcd, self, lifecycle, host, peers: new PeerClient(tls) },
+        volumes: { etcd, self, lifecycle, host, peers },
       },
       { host: cfg.ip, port: cfg.apiPort, tls, token: (await readFile(cfg.tls.token, 'utf8')).trim() },
     );

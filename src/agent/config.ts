@@ -41,6 +41,12 @@ export const agentConfigSchema = z.object({
   replicaTimeoutMs: z.number().int().min(100).max(600_000).default(5000),
   /** Copies on a failed node are replaced after this long (a node back sooner is resynced instead). */
   rebuildGraceSeconds: z.number().int().min(0).max(86_400).default(30),
+  /**
+   * A volume nobody uses that is below its level is taken to be repaired once
+   * it has been so this long (an application restarting elsewhere usually
+   * attaches it sooner, and then its owner repairs it).
+   */
+  repairDelaySeconds: z.number().int().min(0).max(86_400).default(60),
   /** Cap on rebuild copying per copy, in MiB/s (0: none). */
   rebuildMaxMiBps: z.number().min(0).max(100_000).default(0),
   /** Unix socket of the Docker volume plugin; '' leaves the plugin off. */

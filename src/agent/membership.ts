@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import type { Etcd3, Lease } from 'etcd3';
 import type { NodeLiveness, NodeRecord } from '../core/types';
+import { LeaseWindow } from '../core/lease-window';
 import { keys } from '../store/keys';
 import { registerNode, updateNode, type NodeIdentity } from '../store/nodes';
 import type { Logger } from '../util/log';
@@ -23,12 +24,15 @@ export class Membership extends EventEmitter {
   private refreshTimer: NodeJS.Timeout | undefined;
   private regrantTimer: NodeJS.Timeout | undefined;
   record: NodeRecord | undefined;
+  /** How long the current lease surely holds; owners serve I/O only within it. */
+  readonly window: LeaseWindow;
 
   constructor(
     private readonly etcd: Etcd3,
     private readonly opts: MembershipOptions,
   ) {
     super();
+    this.window = new LeaseWindow(opts.leaseTtlSeconds * 1000);
   }
 
   async start(): Promise<NodeRecord> {
@@ -48,17 +52,24 @@ export class Membership extends EventEmitter {
   }
 
   private async grantLease(): Promise<void> {
+    const sentAt = Date.now(); // the grant is sent as the lease is made, so it starts after this
     const lease = this.etcd.lease(this.opts.leaseTtlSeconds);
     this.lease = lease;
     lease.on('lost', (err) => {
-      if (this.stopped || lease !== this.lease) return;
+      if (lease !== this.lease) return;
+      this.window.lost();
+      if (this.stopped) return;
       this.opts.logger.warn({ err: err.message }, 'node lease lost; registering again');
       this.emit('lease-lost');
       this.scheduleRegrant(0);
     });
+    lease.on('keepaliveEstablished', () => lease === this.lease && this.window.streamRestarted());
+    lease.on('keepaliveFired', () => lease === this.lease && this.window.keepaliveSent(Date.now()));
+    lease.on('keepaliveSucceeded', () => lease === this.lease && this.window.keepaliveAnswered());
     const liveness: NodeLiveness = { id: this.identityId(), pid: process.pid, startedAt: new Date().toISOString() };
     try {
       await lease.put(keys.alive(liveness.id)).value(JSON.stringify(liveness));
+      if (lease === this.lease) this.window.granted(sentAt);
     } catch (err) {
       if (this.stopped) return;
       this.opts.logger.warn({ err: (err as Error).message }, 'could not write the liveness key; retrying');

@@ -287,6 +287,7 @@ export function buildProgram(): Command {
     .option('--ip-prefix <prefix>', 'loopback prefix; etcd gets .10, nodes .11 …', '127.0.0.')
     .option('--lease-ttl <seconds>', 'node lease TTL', positiveInt, 5)
     .option('--rebuild-grace <seconds>', 'wait this long before replacing copies on a failed node', positiveInt, 30)
+    .option('--repair-delay <seconds>', 'a detached volume below its level is repaired after this long', positiveInt, 60)
     .option('--replica-timeout <ms>', 'a copy silent this long is marked stale', positiveInt, 5000)
     .option('--rebuild-rate <MiBps>', 'cap on rebuild copying per copy, MiB/s (0: none)', (v) => {
       const n = Number(v);
@@ -296,14 +297,14 @@ export function buildProgram(): Command {
     .option('--drive <type:capacity>', 'a drive on every node (repeatable)', collect)
     .option('--log-level <level>', 'agent log level', 'info')
     .option('--quiet', 'do not print progress')
-    .action(async (o: { nodes: number; dir: string; name: string; ipPrefix: string; leaseTtl: number; rebuildGrace: number; replicaTimeout: number; rebuildRate: number; drive?: string[]; logLevel: string; quiet?: boolean }) => {
+    .action(async (o: { nodes: number; dir: string; name: string; ipPrefix: string; leaseTtl: number; rebuildGrace: number; repairDelay: number; replicaTimeout: number; rebuildRate: number; drive?: string[]; logLevel: string; quiet?: boolean }) => {
       const drives = o.drive ?? ['ssd:100GB'];
       const progress = (line: string): void => {
         if (!o.quiet) process.stderr.write(`${line}\n`);
       };
       const state = await clusterUp({
         dir: o.dir, nodes: o.nodes, name: o.name, ipPrefix: o.ipPrefix, leaseTtlSeconds: o.leaseTtl,
-        rebuildGraceSeconds: o.rebuildGrace, replicaTimeoutMs: o.replicaTimeout, rebuildMaxMiBps: o.rebuildRate, drives, logLevel: o.logLevel, progress,
+        rebuildGraceSeconds: o.rebuildGrace, repairDelaySeconds: o.repairDelay, replicaTimeoutMs: o.replicaTimeout, rebuildMaxMiBps: o.rebuildRate, drives, logLevel: o.logLevel, progress,
       });
       const file = await saveClientConfig({
         cluster: state.name,

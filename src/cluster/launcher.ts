@@ -27,6 +27,8 @@ export interface UpOptions {
   leaseTtlSeconds: number;
   /** Seconds before copies on a failed node are replaced. */
   rebuildGraceSeconds: number;
+  /** Seconds a detached volume below its level waits before a node takes it to repair it. */
+  repairDelaySeconds: number;
   /** A copy silent this long is marked stale. */
   replicaTimeoutMs: number;
   /** Rebuild copy cap in MiB/s (0: none). */
@@ -154,6 +156,7 @@ export async function clusterUp(opts: UpOptions): Promise<LocalClusterState> {
       drives: drives.map((d, j) => ({ id: `d${j + 1}`, path: path.join(nodeDir, 'drives', `d${j + 1}`), type: d.type, capacity: d.capacity })),
       leaseTtlSeconds: opts.leaseTtlSeconds,
       rebuildGraceSeconds: opts.rebuildGraceSeconds,
+      repairDelaySeconds: opts.repairDelaySeconds,
       replicaTimeoutMs: opts.replicaTimeoutMs,
       rebuildMaxMiBps: opts.rebuildMaxMiBps,
       // Per node, so that several agents on one machine do not share Docker's socket or mount root.

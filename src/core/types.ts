@@ -78,6 +78,8 @@ export const EventCode = {
   replicaStale: 1027,
   volumeReleased: 1028,
   resyncCompleted: 1029,
+  repairStarted: 1030,
+  repairEnded: 1031,
 } as const;
 
 export const REPLICA_STATES = ['in-sync', 'rebuilding', 'stale'] as const;
@@ -121,6 +123,8 @@ export interface VolumeAttachment {
   /** NBD export URI on the owner, e.g. nbd+unix:///NAME?socket=… */
   uri: string;
   since: string;
+  /** Taken by cio itself to rebuild the copies of a volume nobody uses: no NBD export, given up to any attach. */
+  repair?: true;
   /** Set when the Docker plugin mounted it: how the block device was made, and where it is mounted. */
   method?: string;
   mountpoint?: string;

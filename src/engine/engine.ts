@@ -78,6 +78,16 @@ export interface EngineOptions {
   onFenced?: (reason: string) => void;
   /** Cap on rebuild copying, to leave the disks and network to the application (0: no cap). */
   rebuildBytesPerSecond?: number;
+  /**
+   * Whether this node surely still holds the lease it owns the volume under.
+   * Reads wait while it does not: past that bound another node may own the
+   * volume, and a copy it cannot reach (this node's own, say) would serve old
+   * data (failure 6). Changes need no such wait: one is acknowledged only when
+   * every in-sync copy took it at our epoch or was recorded stale by a
+   * transaction guarded on our ownership, and a fenced change tells the engine
+   * it lost the volume. Absent: always held.
+   */
+  leaseHeld?: () => boolean;
   clock?: Clock;
   logger: Logger;
 }
@@ -126,6 +136,8 @@ export class VolumeEngine implements NbdBackend {
   private readonly lock = new RangeLock();
   private fenced: string | undefined;
   private closed = false;
+  /** I/O waits for the lease to be confirmed (logged once per wait). */
+  private leaseWaiting = false;
   /** Serialises etcd records of copy states (stale, in-sync) so they land in decision order. */
   private recordChain: Promise<void> = Promise.resolve();
   private journalStored = 0;
@@ -191,6 +203,7 @@ export class VolumeEngine implements NbdBackend {
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkUsable();
     for (;;) {
+      await this.awaitLease();
       const source = this.copies.readSource();
       if (!source) throw new NbdError(Errno.EIO, 'no in-sync copy left');
       try {
@@ -231,6 +244,7 @@ export class VolumeEngine implements NbdBackend {
 
   async blockStatus(offset: number, length: number): Promise<BlockStatusExtent[]> {
     this.checkUsable();
+    await this.awaitLease();
     const source = this.copies.readSource();
     if (!source) throw new NbdError(Errno.EIO, 'no in-sync copy left');
     const allocated = await this.call(source, (ch) => ch.allocMap(source, this.opts.epoch, offset, length));
@@ -467,6 +481,20 @@ export class VolumeEngine implements NbdBackend {
         this.opts.logger.warn({ replica: id, err: errText(err) }, 'could not reconnect the last in-sync copy yet');
       })
       .finally(() => this.reconnecting.delete(id));
+  }
+
+  /** Wait while the lease this node owns the volume under is not surely held (see EngineOptions.leaseHeld). */
+  private async awaitLease(): Promise<void> {
+    const held = this.opts.leaseHeld;
+    if (!held || held()) return;
+    if (!this.leaseWaiting) this.opts.logger.warn('the node lease is not confirmed: I/O waits (another node may own the volume by now)');
+    this.leaseWaiting = true;
+    while (!held()) {
+      this.checkUsable();
+      await sleep(this.clock, RETRY_MS);
+    }
+    if (this.leaseWaiting) this.opts.logger.info('the node lease is confirmed again: I/O goes on');
+    this.leaseWaiting = false;
   }
 
   /** Store the missed maps, then record every failing copy stale (retrying until it is recorded). */

@@ -22,7 +22,8 @@ import { commitOwned } from '../store/owned';
 import type { Logger } from '../util/log';
 import { connectReplica, unreachableChannel, type ReplicaLinkOptions } from './replica-links';
 import { volumeLabel } from './lifecycle';
-import { decideRepairs } from '../core/repair-policy';
+import { decideRepairs, repairOwnerFor } from '../core/repair-policy';
+import type { LeaseWindow } from '../core/lease-window';
 
 export interface HostOptions {
   etcd: Etcd3;
@@ -33,6 +34,14 @@ export interface HostOptions {
   socketDir: string;
   replicaTimeoutMs: number;
   rebuildBytesPerSecond: number;
+  /** How long copies on a down node are waited for (the controller's grace period; see repairOwnerFor). */
+  rebuildGraceMs: number;
+  /** How long a detached volume must have needed repair before this node takes it (the repair delay). */
+  repairDelayMs: number;
+  /** This node's lease bound: an owner serves I/O only while its lease surely holds. */
+  lease: LeaseWindow;
+  /** Ask another node to give up its repair ownership of a volume (an attach wants it). */
+  releaseElsewhere: (node: NodeRecord, volume: string) => Promise<void>;
   /** In-process channel to this node's own replicas. */
   localChannel: () => ReplicaOps;
   logger: Logger;
@@ -40,7 +49,12 @@ export interface HostOptions {
 
 interface Attached {
   engine: VolumeEngine;
-  nbd: NbdServer;
+  /** Absent while attached only to repair. */
+  nbd?: NbdServer;
+  /** Attached by this node to rebuild the copies of a volume nobody uses (repairOwnerFor). */
+  repair: boolean;
+  /** The lease generation ownership was taken (or last confirmed) under: I/O only while it holds. */
+  leaseGeneration: number;
   socketPath: string;
   epoch: number;
   vdisk: string;
@@ -52,6 +66,9 @@ interface Attached {
   progressTimer?: NodeJS.Timeout;
 }
 
+/** How long a node leaves alone a volume whose repair it gave up for an attach elsewhere. */
+const REPAIR_HOLDOFF_MS = 30_000;
+
 export function nbdUri(name: string, socketPath: string): string {
   return `nbd+unix:///${name}?socket=${socketPath}`;
 }
@@ -60,6 +77,11 @@ export class VolumeHost {
   private readonly attached = new Map<string, Attached>();
   /** One attach/detach at a time per volume on this node. */
   private readonly busy = new Map<string, Promise<unknown>>();
+
+  /** Volumes whose repair an attach elsewhere just took over: not repaired again before this time (ms). */
+  private readonly repairHoldoff = new Map<string, number>();
+  /** Detached volumes this node should repair, and since when it has seen them so (ms); one entry per volume at most. */
+  private readonly repairWanted = new Map<string, number>();
 
   private watchers: Watcher[] = [];
   private reconcileTimer: NodeJS.Timeout | undefined;
@@ -85,9 +107,12 @@ export class VolumeHost {
   }
 
   private async reconcileAll(): Promise<void> {
-    if (this.stopped || this.attached.size === 0) return;
+    if (this.stopped) return;
     try {
-      for (const vol of await listVolumes(this.opts.etcd)) if (this.attached.has(vol.name)) this.onVolumeRecord(vol);
+      const volumes = await listVolumes(this.opts.etcd);
+      for (const vol of volumes) if (this.attached.has(vol.name)) this.onVolumeRecord(vol);
+      const detached = volumes.filter((v) => !v.owner && !this.attached.has(v.name));
+      await this.repairDetached(detached);
     } catch (err) {
       this.opts.logger.debug({ err: errorMessage(err) }, 'reconcile pass failed');
     }
@@ -123,6 +148,42 @@ export class VolumeHost {
       });
   }
 
+  /** Take the detached volumes this node should repair (repairOwnerFor), one at a time, after the repair delay. */
+  private async repairDetached(volumes: readonly VolumeRecord[]): Promise<void> {
+    const now = Date.now();
+    for (const [name, until] of this.repairHoldoff) if (until <= now) this.repairHoldoff.delete(name);
+    const detached = new Set(volumes.map((v) => v.name));
+    for (const name of this.repairWanted.keys()) if (!detached.has(name)) this.repairWanted.delete(name);
+    if (volumes.length === 0) return;
+    const self = this.opts.self();
+    const view = await this.nodeView();
+    for (const vol of volumes) {
+      if (repairOwnerFor({ volume: vol, ...view, rebuildGraceMs: this.opts.rebuildGraceMs }) !== self.id) {
+        this.repairWanted.delete(vol.name);
+        continue;
+      }
+      // An application restarting elsewhere usually attaches it within the delay; its owner then repairs it.
+      const since = this.repairWanted.get(vol.name) ?? now;
+      this.repairWanted.set(vol.name, since);
+      if (now - since < this.opts.repairDelayMs || this.repairHoldoff.has(vol.name)) continue;
+      await this.serial(vol.name, () => this.attachNow(vol.name, true)).catch((err: unknown) =>
+        this.opts.logger.debug({ volume: vol.name, err: errorMessage(err) }, 'could not take the volume to repair it'),
+      );
+    }
+  }
+
+  /** Which nodes are up (alive and not in maintenance) and how long the others have been down. */
+  private async nodeView(): Promise<{ nodes: NodeRecord[]; nodeUp: (id: string) => boolean; downForMs: (id: string) => number | undefined }> {
+    const nodes = await listNodes(this.opts.etcd);
+    const alive = new Set((await this.opts.etcd.getAll().prefix(keys.alivePrefix).keys()).map((k) => idFromKey(keys.alivePrefix, k)));
+    const nodeUp = (id: string): boolean => alive.has(id) && nodes.some((n) => n.id === id && n.status !== 'maintenance');
+    const downForMs = (id: string): number | undefined => {
+      const n = nodes.find((x) => x.id === id);
+      return n?.status === 'maintenance' ? Date.now() - new Date(n.statusSince).getTime() : undefined;
+    };
+    return { nodes, nodeUp, downForMs };
+  }
+
   private onNodeRecord(node: NodeRecord): void {
     // A node back: its stale copies can be resynced now.
     if (node.status === 'normal') void this.reconcileAll();
@@ -142,11 +203,9 @@ export class VolumeHost {
     for (const known of engine.replicaStates()) {
       if (!vol.replicas.some((r) => r.id === known.id) && !a.rebuilding.has(known.id)) await engine.removeReplica(known.id);
     }
-    const nodes = await listNodes(this.opts.etcd);
-    const alive = new Set((await this.opts.etcd.getAll().prefix(keys.alivePrefix).keys()).map((k) => idFromKey(keys.alivePrefix, k)));
+    const { nodes, nodeUp, downForMs } = await this.nodeView();
     const mapPrefix = keys.dirtyPrefix(vol.name);
     const maps = new Set((await this.opts.etcd.getAll().prefix(mapPrefix).keys()).map((k) => idFromKey(mapPrefix, k)));
-    const nodeUp = (id: string): boolean => alive.has(id) && nodes.some((n) => n.id === id && n.status !== 'maintenance');
     const decisions = decideRepairs({
       copies: vol.replicas,
       level: vol.level,
@@ -159,6 +218,22 @@ export class VolumeHost {
       const r = vol.replicas.find((x) => x.id === d.id)!;
       this.startRebuild(vol, a, d.id, nodes.find((n) => n.id === r.nodeId)!, d.mode);
     }
+    // A repair owner gives the volume back once nothing is left for it to do.
+    if (a.repair && a.rebuilding.size === 0 && repairOwnerFor({ volume: vol, nodeUp, downForMs, rebuildGraceMs: this.opts.rebuildGraceMs }) !== this.opts.self().id) {
+      void this.serial(vol.name, () => this.releaseRepair(vol.name, a)).catch((err: unknown) =>
+        this.opts.logger.warn({ volume: vol.name, err: errorMessage(err) }, 'could not give back a repaired volume'),
+      );
+    }
+  }
+
+  /** Give back a volume this node held only to repair it. */
+  private async releaseRepair(name: string, a: Attached): Promise<void> {
+    if (this.attached.get(name) !== a) return;
+    const self = this.opts.self();
+    await this.stopLocal(name, a);
+    const vol = await updateVolume(this.opts.etcd, name, (cur) => (cur.owner === self.id && cur.epoch === a.epoch ? { ...cur, owner: null, attachment: null } : undefined));
+    this.opts.logger.info({ volume: name }, 'repair done; the volume is free again');
+    await this.opts.events.write({ level: 'info', component: 'DFS', message: `${volumeLabel(vol)} repair on node ${self.id} ended, copies in sync ${vol.replicas.filter((r) => r.state === 'in-sync').length}/${vol.level}`, code: EventCode.repairEnded });
   }
 
   private startRebuild(vol: VolumeRecord, a: Attached, replicaId: string, node: NodeRecord, wanted: 'full' | 'incremental'): void {
@@ -272,21 +347,32 @@ export class VolumeHost {
   }
 
   attach(name: string): Promise<VolumeRecord> {
-    return this.serial(name, () => this.attachNow(name));
+    return this.serial(name, () => this.attachNow(name, false));
   }
 
   detach(name: string): Promise<VolumeRecord> {
     return this.serial(name, () => this.detachNow(name));
   }
 
-  private async attachNow(name: string): Promise<VolumeRecord> {
+  /**
+   * Make this node the owner at a new epoch and start the engine: for an
+   * application (NBD export), or with `repair` only to rebuild copies, and only
+   * if the volume is free. An application's attach takes a volume from a
+   * repair owner (asking it to give the volume back first).
+   */
+  private async attachNow(name: string, repair: boolean, tries = 3): Promise<VolumeRecord> {
     const { etcd } = this.opts;
     const self = this.opts.self();
     const current = await getVersioned<VolumeRecord>(etcd, keys.volume(name));
     if (!current) throw new UserError(`no volume named ${name}`, 'ENOENT', 404);
     const vol = current.value;
     if (vol.phase !== 'ready') throw new ConflictError(`volume ${name} is being ${vol.phase === 'creating' ? 'created' : 'removed'}`);
-    if (vol.owner === self.id && this.attached.has(name)) return vol;
+    const local = this.attached.get(name);
+    if (repair && (vol.owner || local)) throw new ConflictError(`volume ${name} is in use`);
+    if (vol.owner === self.id && local) {
+      if (!local.repair) return vol;
+      await this.stopLocal(name, local); // our own repair yields to the application; the new epoch fences it
+    }
 
     // Ownership moves only if the volume is free, already ours, or its owner's
     // lease is gone; the transaction re-checks both, so a racing attach loses.
@@ -295,26 +381,41 @@ export class VolumeHost {
       const ownerAlive = await etcd.get(keys.alive(vol.owner)).string();
       if (ownerAlive) {
         const owner = (await listNodes(etcd)).find((n) => n.id === vol.owner);
+        if (vol.attachment?.repair && owner && tries > 1) {
+          this.opts.logger.info({ volume: name, repairer: owner.name }, 'asking the repair owner to give the volume back');
+          // It may have given it back already (nothing attached there): look again either way.
+          await this.opts.releaseElsewhere(owner, name).catch((err: unknown) => this.opts.logger.info({ volume: name, err: errorMessage(err) }, 'the repair owner did not give the volume back'));
+          return this.attachNow(name, repair, tries - 1);
+        }
         throw new ConflictError(`volume ${name} is attached on node ${owner?.name ?? vol.owner}; detach it there first`);
       }
       compares.push([keys.alive(vol.owner), 'Create', '==', 0]);
     }
+    const leaseGeneration = this.opts.lease.generation; // before the transaction: a lease lost from here on stops I/O
     const socketPath = path.join(this.opts.socketDir, `${vol.uuid}.sock`);
     const epoch = vol.epoch + 1;
+    const since = new Date().toISOString();
     const next: VolumeRecord = {
       ...vol,
       owner: self.id,
       epoch,
-      attachment: { nodeId: self.id, uri: nbdUri(name, socketPath), since: new Date().toISOString() },
+      attachment: repair ? { nodeId: self.id, uri: '', since, repair: true } : { nodeId: self.id, uri: nbdUri(name, socketPath), since },
     };
     let txn = etcd.if(...compares[0]);
     for (const c of compares.slice(1)) txn = txn.and(...c);
     const res = await txn.then(etcd.put(keys.volume(name)).value(JSON.stringify(next))).commit();
-    if (!res.succeeded) throw new ConflictError(`volume ${name} changed while attaching; try again`);
-    this.opts.logger.info({ volume: name, epoch }, 'this node owns the volume now');
+    if (!res.succeeded) {
+      // Changed meanwhile (a repair owner may have taken it): an application's attach looks again.
+      if (!repair && tries > 1) return this.attachNow(name, repair, tries - 1);
+      throw new ConflictError(`volume ${name} changed while attaching; try again`);
+    }
+    this.opts.logger.info({ volume: name, epoch, repair }, 'this node owns the volume now');
+    if (repair) {
+      await this.opts.events.write({ level: 'info', component: 'DFS', message: `${volumeLabel(next)} taken by node ${self.id} to rebuild its copies (nobody uses it)`, code: EventCode.repairStarted });
+    }
 
     try {
-      await this.startEngine(next, socketPath);
+      await this.startEngine(next, socketPath, repair, leaseGeneration);
     } catch (err) {
       // Give the volume back; the epoch stays bumped, which is harmless.
       await updateVolume(etcd, name, (cur) => (cur.owner === self.id && cur.epoch === epoch ? { ...cur, owner: null, attachment: null } : undefined)).catch(() => undefined);
@@ -323,7 +424,7 @@ export class VolumeHost {
     return next;
   }
 
-  private async startEngine(vol: VolumeRecord, socketPath: string): Promise<void> {
+  private async startEngine(vol: VolumeRecord, socketPath: string, repair: boolean, leaseGeneration: number): Promise<void> {
     const self = this.opts.self();
     const nodes = await listNodes(this.opts.etcd);
     const replicas: EngineReplica[] = await Promise.all(
@@ -365,6 +466,7 @@ export class VolumeHost {
         return node.id === self.id ? this.opts.localChannel() : connectReplica(node, this.opts.links);
       },
       rebuildBytesPerSecond: this.opts.rebuildBytesPerSecond,
+      leaseHeld: () => this.opts.lease.held(self_?.leaseGeneration ?? leaseGeneration, Date.now()),
       markStale: (ids) => this.markStale(vol.name, vol.epoch, ids),
       persistJournal: (journal) => this.persistJournal(vol.name, vol.epoch, journal),
       dirtyMaps,
@@ -373,16 +475,19 @@ export class VolumeHost {
     });
     try {
       await engine.open();
-      await mkdir(this.opts.socketDir, { recursive: true });
-      await rm(socketPath, { force: true });
-      const nbd = new NbdServer({
-        socketPath,
-        lookup: (exportName) => (exportName === vol.name ? engine : undefined),
-        list: () => [vol.name],
-        logger: this.opts.logger.child({ component: 'nbd', volume: vol.name }),
-      });
-      await nbd.listen();
-      self_ = { engine, nbd, socketPath, epoch: vol.epoch, vdisk: vol.vdisk, rebuilding: new Set() };
+      let nbd: NbdServer | undefined;
+      if (!repair) {
+        await mkdir(this.opts.socketDir, { recursive: true });
+        await rm(socketPath, { force: true });
+        nbd = new NbdServer({
+          socketPath,
+          lookup: (exportName) => (exportName === vol.name ? engine : undefined),
+          list: () => [vol.name],
+          logger: this.opts.logger.child({ component: 'nbd', volume: vol.name }),
+        });
+        await nbd.listen();
+      }
+      self_ = { engine, nbd, repair, leaseGeneration, socketPath, epoch: vol.epoch, vdisk: vol.vdisk, rebuilding: new Set() };
       this.attached.set(vol.name, self_);
       this.onVolumeRecord(vol);
     } catch (err) {
@@ -415,7 +520,7 @@ export class VolumeHost {
     if (!a || (expected && a !== expected)) return;
     this.attached.delete(name);
     clearInterval(a.progressTimer);
-    await a.nbd.close().catch(() => undefined);
+    await a.nbd?.close().catch(() => undefined);
     await a.engine.flush().catch(() => undefined);
     await a.engine.close();
     await rm(a.socketPath, { force: true });
@@ -425,8 +530,30 @@ export class VolumeHost {
     const self = this.opts.self();
     const vol = await requireVolume(this.opts.etcd, name);
     if (vol.owner && vol.owner !== self.id) throw new ConflictError(`volume ${name} is attached on another node, not here`);
+    // A repair given up on request: an attach elsewhere wants the volume, so do not take it back at once.
+    if (vol.attachment?.repair) this.repairHoldoff.set(name, Date.now() + REPAIR_HOLDOFF_MS);
     await this.stopLocal(name);
     return updateVolume(this.opts.etcd, name, (cur) => (cur.owner === self.id ? { ...cur, owner: null, attachment: null } : undefined));
+  }
+
+  /**
+   * After a lost lease, this node has a new one: volumes it still owns at the
+   * same epoch serve I/O again under it; the others are dropped here.
+   */
+  async leaseRenewed(): Promise<void> {
+    const self = this.opts.self();
+    const generation = this.opts.lease.generation;
+    for (const [name, a] of [...this.attached]) {
+      if (a.leaseGeneration === generation) continue;
+      const vol = await requireVolume(this.opts.etcd, name).catch(() => undefined);
+      if (vol && vol.owner === self.id && vol.epoch === a.epoch) {
+        a.leaseGeneration = generation;
+        this.opts.logger.info({ volume: name }, 'still the owner under the new lease: I/O goes on');
+      } else {
+        this.opts.logger.warn({ volume: name }, 'the volume was taken while the lease was lost; dropping it here');
+        await this.serial(name, () => this.stopLocal(name, a));
+      }
+    }
   }
 
   /** After an agent restart: serve again the volumes this node still owns. */
@@ -434,7 +561,12 @@ export class VolumeHost {
     const self = this.opts.self();
     for (const vol of await listVolumes(this.opts.etcd)) {
       if (vol.owner !== self.id || this.attached.has(vol.name)) continue;
-      await this.attach(vol.name).catch((err: unknown) => this.opts.logger.error({ volume: vol.name, err: errorMessage(err) }, 'could not re-attach an owned volume'));
+      const repair = vol.attachment?.repair === true;
+      // A repair resumes only if the volume is free: give it back, the next pass takes it again if still needed.
+      const resume = repair
+        ? updateVolume(this.opts.etcd, vol.name, (cur) => (cur.owner === self.id && cur.epoch === vol.epoch ? { ...cur, owner: null, attachment: null } : undefined)).then(() => undefined)
+        : this.attach(vol.name).then(() => undefined);
+      await resume.catch((err: unknown) => this.opts.logger.error({ volume: vol.name, err: errorMessage(err) }, 'could not re-attach an owned volume'));
     }
   }
 

@@ -2,6 +2,11 @@
 // still reaches the other copies, so it cannot learn that it lost the volume.
 // The volume is taken over elsewhere; every write the old owner then sends is
 // refused by the copies' epoch check, and not one byte of it lands.
+//
+// Failure 6 of the data-safety issue: an owner cut off from etcd and from the
+// other nodes still reaches its own copy, which the new owner cannot open at
+// its epoch. Reads must stop when its lease can no longer be counted on, or it
+// would serve data the new owner has since overwritten.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
@@ -9,6 +14,9 @@ import { NetCut } from '../helpers/netcut';
 import { ETCD_NODE_PORT_BASE } from '../../src/cluster/launcher';
 import { recordBytes, RecordWriter, verifyRecords } from '../../src/cluster/record-writer';
 import { attachAndConnect, canConnect, cliOk, fileContains, replicaFile, socketOf, volumeInfo } from '../helpers/volumes';
+import { sha256File } from '../helpers/tools';
+
+const MiB = 1024 * 1024;
 
 const IP_PREFIX = '127.0.25.';
 
@@ -67,5 +75,39 @@ describe('HA: an owner cut off from etcd is fenced by the copies', () => {
     assert.equal((await volumeInfo(cluster, 'db')).owner, holder.nodeId);
     assert.deepEqual(await verifyRecords(fresh.client, 'new-owner', 1000, mine.acked), []);
     fresh.client.close();
+    await cliOk(cluster, ['volume', 'detach', 'db']);
+  });
+
+  test('an owner cut off from etcd and the other nodes stops reading its own copy once its lease may be gone', async () => {
+    await cliOk(cluster, ['volume', 'create', 'reads', '--capacity', '64MB', '--level', '2', '--node', 'v2']);
+    const nodes = JSON.parse(await cliOk(cluster, ['node', 'ls', '--json'])) as Array<{ id: string; name: string; ip: string }>;
+    const v2 = nodes.find((n) => n.name === 'v2')!;
+    const old = await attachAndConnect(cluster, 'reads', 'v2');
+    await old.client.write(0, Buffer.alloc(MiB, 0x11));
+    await old.client.flush();
+
+    await net.isolate(v2.ip, nodes.filter((n) => n.id !== v2.id).map((n) => n.ip), ETCD_NODE_PORT_BASE + 2);
+    await eventually('reads released from the cut-off owner', async () => (await volumeInfo(cluster, 'reads')).owner === null, 30_000);
+    const holder = (await volumeInfo(cluster, 'reads')).replicas.find((r) => r.nodeId !== v2.id)!;
+    const fresh = await attachAndConnect(cluster, 'reads', nodes.find((n) => n.id === holder.nodeId)!.name);
+    await fresh.client.write(0, Buffer.alloc(MiB, 0x22));
+    await fresh.client.flush();
+
+    // The old owner's copy still holds 0x11 and only the old owner reaches it.
+    const outcome = old.client.read(0, MiB).then(
+      (data) => ({ data }),
+      (err: unknown) => ({ err }),
+    );
+    await net.heal();
+    const got = await outcome;
+    if ('data' in got) assert.ok(!got.data.equals(Buffer.alloc(MiB, 0x11)), 'the cut-off owner served data the new owner had overwritten');
+    old.client.close();
+    assert.ok((await fresh.client.read(0, MiB)).equals(Buffer.alloc(MiB, 0x22)));
+    await eventually('both copies in sync again', async () => (await volumeInfo(cluster, 'reads')).replicas.every((r) => r.state === 'in-sync'), 120_000);
+    fresh.client.close();
+    await cliOk(cluster, ['volume', 'detach', 'reads']);
+    const vol = await volumeInfo(cluster, 'reads');
+    const sums = await Promise.all(vol.replicas.map((r) => sha256File(replicaFile(cluster, r.id))));
+    assert.equal(new Set(sums).size, 1, 'in-sync copies differ');
   });
 });

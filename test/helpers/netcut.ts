@@ -36,6 +36,19 @@ export class NetCut {
     await nft(['add', 'rule', 'ip', this.table, 'out', 'ip', 'daddr', '127.0.0.0/8', 'tcp', 'sport', String(port), 'drop']);
   }
 
+  /** Cut `ip` off from every address in `others` and from the local TCP port `etcdPort` (its etcd endpoint). */
+  async isolate(ip: string, others: readonly string[], etcdPort: number): Promise<void> {
+    await this.heal();
+    await nft(['add', 'table', 'ip', this.table]);
+    this.active = true;
+    await nft(['add', 'chain', 'ip', this.table, 'out', '{ type filter hook output priority 0 ; }']);
+    for (const other of others) {
+      await nft(['add', 'rule', 'ip', this.table, 'out', 'ip', 'saddr', ip, 'ip', 'daddr', other, 'drop']);
+      await nft(['add', 'rule', 'ip', this.table, 'out', 'ip', 'saddr', other, 'ip', 'daddr', ip, 'drop']);
+    }
+    for (const dir of ['dport', 'sport']) await nft(['add', 'rule', 'ip', this.table, 'out', 'ip', 'daddr', '127.0.0.0/8', 'tcp', dir, String(etcdPort), 'drop']);
+  }
+
   async heal(): Promise<void> {
     if (!this.active) return;
     await nft(['delete', 'table', 'ip', this.table]).catch(() => undefined);
