@@ -230,7 +230,8 @@ export class CopySet {
    * holding the newest acknowledged data — and the request fails instead
    * (`keptInSync`). Keeping one, not all, matters: a request that timed out may
    * still land later on some copies and not others, and only one in-sync copy
-   * cannot disagree with itself.
+   * cannot disagree with itself; copies being rebuilt fail with it, as they
+   * may hold such a change where the kept copy does not.
    */
   fail(ids: readonly string[], fullCopy = false): { failed: string[]; keptInSync: string | undefined } {
     let candidates = ids.map((id) => this.copies.get(id)).filter((c): c is Copy => !!c && (c.phase === 'in-sync' || c.phase === 'rebuilding'));
@@ -242,6 +243,10 @@ export class CopySet {
       if (keep) {
         keptInSync = keep.id;
         candidates = candidates.filter((c) => c !== keep);
+        // A copy being filled may have applied a change the kept copy did not
+        // (or the reverse): it fails too, and its map takes the changes in
+        // flight, so its rebuild copies them again from the kept copy.
+        for (const c of this.copies.values()) if (c.phase === 'rebuilding' && !candidates.includes(c)) candidates.push(c);
       }
     }
     for (const c of candidates) {

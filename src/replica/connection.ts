@@ -13,7 +13,7 @@ import { ByteQueue } from '../util/byte-queue';
 import { readIntoReusedBuffer } from '../util/socket-input';
 import { TurnCork } from '../util/turn-cork';
 import { RequestDecoder, encodeReplyHeader } from './codec';
-import type { Dispatcher, Outcome } from './dispatch';
+import { ConnectionSessions, type Dispatcher, type Outcome } from './dispatch';
 import { Op, ProtocolError, type Request, Status } from './protocol';
 
 export interface ConnectionLimits {
@@ -39,6 +39,8 @@ export class ServerConnection {
   private paused = false;
   private readonly cork: TurnCork;
   private idleWaiters: Array<() => void> = [];
+  /** Which replicas this connection opened, at which session: changes after a newer OPEN elsewhere are refused. */
+  private readonly sessions = new ConnectionSessions();
 
   constructor(
     private readonly socket: net.Socket,
@@ -141,7 +143,7 @@ export class ServerConnection {
     this.inFlightBytes += cost;
     this.inFlightRequests++;
     const requestId = req.requestId;
-    this.dispatcher.execute(req).then(
+    this.dispatcher.execute(req, this.sessions).then(
       (outcome) => {
         ioBuffers.give(req.payload); // a WRITE's data is on the replica now
         this.complete(requestId, outcome, cost);

@@ -63,6 +63,37 @@ export function fencedWrite(r: Replica, epoch: number, offset: number, data: Uin
   });
 }
 
+/** Replicas one connection may have opened: a bound on the map below. */
+const MAX_OPEN_PER_CONNECTION = 4096;
+
+/**
+ * The session each replica got when this connection opened it. An owner that
+ * reconnects to a copy sends OPEN on the new connection before any change;
+ * from then on, changes still arriving on an older connection (held in a send
+ * buffer by a cut link, retransmitted after the new connection's writes) are
+ * refused, or they would overwrite newer data. A connection that never opened
+ * the replica (management requests) is not checked.
+ */
+export class ConnectionSessions {
+  private readonly opened = new Map<string, number>();
+
+  record(r: Replica, session: number): void {
+    if (!this.opened.has(r.id) && this.opened.size >= MAX_OPEN_PER_CONNECTION) {
+      throw new RequestError(Status.EBUSY, `a connection may open at most ${MAX_OPEN_PER_CONNECTION} replicas`);
+    }
+    this.opened.set(r.id, session);
+  }
+
+  /** Refuse a change from this connection if another OPEN of the replica came after its own. */
+  checkCurrent(r: Replica, epoch: number): void {
+    if (epoch < r.epoch) return; // the epoch fence refuses it, and its ESTALE tells an old owner it lost the volume
+    const mine = this.opened.get(r.id);
+    if (mine !== undefined && mine !== r.session) {
+      throw new RequestError(Status.ENOTCONN, `replica ${r.id}: this connection was superseded by a newer OPEN; changes go on the newer one`);
+    }
+  }
+}
+
 export class Dispatcher {
   constructor(
     private readonly locator: ReplicaLocator,
@@ -83,22 +114,29 @@ export class Dispatcher {
    * Never rejects: failures become error outcomes. READ and WRITE on an open
    * replica, the per-I/O case, take a short path with the same checks.
    */
-  execute(req: Request): Promise<Outcome> {
+  execute(req: Request, sessions?: ConnectionSessions): Promise<Outcome> {
     const dataOp = req.refused === undefined && (req.op === Op.READ || (req.op === Op.WRITE && req.payload.length === req.length));
     const replica = dataOp ? this.shortPathReplica(req.replicaId, req.epoch, req.length) : undefined;
-    return replica ? this.dataOp(req, replica) : this.executeFull(req);
+    return replica ? this.dataOp(req, replica, sessions) : this.executeFull(req, sessions);
   }
 
-  private dataOp(req: Request, r: Replica): Promise<Outcome> {
+  private dataOp(req: Request, r: Replica, sessions: ConnectionSessions | undefined): Promise<Outcome> {
     const { epoch, offset, length } = req;
     const onError = (err: unknown): Outcome => this.failure(req.op, req.replicaId, err, r);
+    if (req.op === Op.WRITE && sessions) {
+      try {
+        sessions.checkCurrent(r, epoch);
+      } catch (err) {
+        return Promise.resolve(onError(err));
+      }
+    }
     if (req.op === Op.READ) {
       return fencedRead(r, epoch, offset, length).then((data): Outcome => ({ status: Status.OK, epoch: r.epoch, payload: data }), onError);
     }
     return fencedWrite(r, epoch, offset, req.payload, (req.flags & Flag.FUA) !== 0).then((): Outcome => ({ status: Status.OK, epoch: r.epoch }), onError);
   }
 
-  private async executeFull(req: Request): Promise<Outcome> {
+  private async executeFull(req: Request, sessions: ConnectionSessions | undefined): Promise<Outcome> {
     if (req.refused) return fail(req.refused.status, req.refused.message);
     let replica: Replica | undefined;
     try {
@@ -115,18 +153,21 @@ export class Dispatcher {
       }
       const found = this.locator.find(req.replicaId);
       replica = found instanceof Promise ? await found : found;
-      return await this.onReplica(req, replica);
+      return await this.onReplica(req, replica, sessions);
     } catch (err) {
       return this.failure(req.op, req.replicaId, err, replica);
     }
   }
 
-  private async onReplica(req: Request, r: Replica): Promise<Outcome> {
+  private async onReplica(req: Request, r: Replica, sessions: ConnectionSessions | undefined): Promise<Outcome> {
     const { epoch, offset, length, flags } = req;
     const fua = (flags & Flag.FUA) !== 0;
+    if (sessions && (req.op === Op.WRITE || req.op === Op.TRIM || req.op === Op.WRITE_ZEROES)) sessions.checkCurrent(r, epoch);
     switch (req.op as Op) {
       case Op.OPEN: {
         const { restarted } = await r.raiseEpoch(epoch);
+        // Only an OPEN that was not refused supersedes: an older owner's must not stop the current one.
+        sessions?.record(r, r.newSession());
         return this.info(r, { restarted });
       }
       case Op.STAT:

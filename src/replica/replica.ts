@@ -190,6 +190,19 @@ export class Replica {
    * Returns whether this process is not the one that opened the replica last:
    * it restarted since, and may have lost writes that were not flushed.
    */
+  /** Bumped by every OPEN (in memory: a restart breaks every connection anyway). */
+  private openCount = 0;
+
+  /** The number of the latest OPEN; a connection that opened before it may no longer change data. */
+  get session(): number {
+    return this.openCount;
+  }
+
+  /** A new OPEN: every connection that opened this replica before is superseded for changes. */
+  newSession(): number {
+    return ++this.openCount;
+  }
+
   async raiseEpoch(epoch: number): Promise<{ restarted: boolean }> {
     if (!isValidEpoch(epoch)) throw new ReplicaError('EINVAL', `invalid epoch ${epoch}`);
     let restarted = false;

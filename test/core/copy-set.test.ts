@@ -99,6 +99,23 @@ test('the last in-sync copy is never failed; rebuilding copies still are', () =>
   assert.throws(() => set.remove('a'), /last in-sync/);
 });
 
+test('when the last in-sync copy is kept, copies being rebuilt fail with it and will copy the changes in flight again (seed 312)', () => {
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: true, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'stale', missed: new DirtyMap(SIZE) },
+  ]);
+  set.startRebuild('b', false);
+  const change = set.beginChange(2 * MiB, 4096);
+  set.changeApplied(change, 'b'); // the copy being filled took it; the in-sync copy did not answer
+  const r = set.fail(['a']);
+  assert.equal(r.keptInSync, 'a');
+  assert.deepEqual(r.failed, ['b'], 'the rebuilding copy fails too');
+  set.endChange(change);
+  set.recordedStale(['b']);
+  set.startRebuild('b', false);
+  assert.deepEqual(set.regionsToRebuild('b'), [{ offset: 2 * MiB, length: 64 * 1024 }], 'the change is copied again from the kept copy');
+});
+
 test('only the transitions of the table are possible', () => {
   const set = threeInSync();
   assert.throws(() => set.rebuilt('a'), /cannot go from in-sync to in-sync/);

@@ -271,6 +271,33 @@ describe('fencing', () => {
     assert.equal(info.size, 4 * MiB);
   });
 
+  test('a connection superseded by a newer OPEN at the same epoch can read but no longer change data', async () => {
+    // The owner reconnected: what its old connection still delivers (a cut link's
+    // retransmission) must not overwrite what it wrote since on the new one.
+    const first = await connect();
+    const second = await connect();
+    const older = await connect();
+    await first.create({ replicaId: 'session1', volumeUuid: 'v-session', size: 4 * MiB, epoch: 1 });
+    await first.open('session1', 3);
+    await first.write('session1', 3, 0, randomBytes(4096));
+    await second.open('session1', 3);
+    const newer = randomBytes(MiB);
+    await second.write('session1', 3, 0, newer);
+    const superseded = isCode('ENOTCONN', 3);
+    await assert.rejects(first.write('session1', 3, 0, randomBytes(4096)), superseded);
+    await assert.rejects(first.trim('session1', 3, 0, MiB), superseded);
+    await assert.rejects(first.writeZeroes('session1', 3, 0, MiB, { noHole: true }), superseded);
+    assert.ok((await first.read('session1', 3, 0, MiB)).equals(newer), 'reads still answer on the old connection');
+    await first.flush('session1', 3);
+    // An OPEN the replica refuses (an older epoch) supersedes nothing.
+    await assert.rejects(older.open('session1', 2), isCode('ESTALE', 3));
+    await second.write('session1', 3, 0, newer);
+    // A connection that never opened it (management) is not checked.
+    const manager = await connect();
+    await manager.write('session1', 3, MiB, randomBytes(4096));
+    assert.ok((await second.read('session1', 3, 0, MiB)).equals(newer), 'nothing from the superseded connection landed');
+  });
+
   test('writes of the old epoch still in flight cannot land after OPEN returns', async () => {
     const oldOwner = await connect();
     const newOwner = await connect();

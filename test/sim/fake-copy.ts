@@ -2,7 +2,10 @@
 // (what survives power loss), the replica's epoch fence, and channels to it
 // that behave like a replica connection — each request travels with a seeded
 // delay, a restarted copy breaks every connection made before, and a cut link
-// never answers (the engine's timeout decides).
+// holds what is sent (the engine's timeout decides) until it heals; then TCP's
+// retransmission delivers it, after a backoff of its own, so a newer
+// connection's requests can arrive first. The replica's session fence (a
+// connection superseded by a newer OPEN may not change data) is modelled too.
 import { ReplicaConnectionError, ReplicaRequestError } from '../../src/replica/ops';
 import type { ReplicaChannel } from '../../src/engine/engine';
 import type { Rng, SimClock } from './sim-clock';
@@ -25,6 +28,8 @@ export class FakeCopy {
   incarnation = 0;
   /** The incarnation that last opened it (kept on disk with the epoch). */
   openedBy = 0;
+  /** Bumped by every OPEN: changes from a connection opened before are refused (src/replica/replica.ts). */
+  session = 0;
 
   constructor(
     readonly id: string,
@@ -84,9 +89,23 @@ export class FakeCopy {
 }
 
 export interface LinkState {
-  /** A cut link: requests vanish, nothing answers. */
+  /** A cut link: requests wait (TCP retransmits them), nothing answers. */
   cut: boolean;
+  /** Connections with requests held by the cut, resumed when it heals. */
+  held: Array<() => void>;
 }
+
+export function newLink(): LinkState {
+  return { cut: false, held: [] };
+}
+
+export function healLink(link: LinkState): void {
+  link.cut = false;
+  for (const resume of link.held.splice(0)) resume();
+}
+
+/** Set SIM_NO_SESSION_FENCE=1 to see the simulation fail without the replica's session fence. */
+const SESSION_FENCE = !process.env.SIM_NO_SESSION_FENCE;
 
 /** One connection from an owner to a copy, made at the copy's current incarnation. */
 export class FakeChannel implements ReplicaChannel {
@@ -95,6 +114,10 @@ export class FakeChannel implements ReplicaChannel {
   /** A connection is a byte stream: requests arrive, and answers return, in the order sent. */
   private lastArrival = 0;
   private lastAnswer = 0;
+  /** The copy's session this connection opened (changes from it are refused once another OPEN came). */
+  private session: number | undefined;
+  /** Requests sent while the link was cut, in order. */
+  private held: Array<() => void> = [];
 
   constructor(
     private readonly copy: FakeCopy,
@@ -112,6 +135,7 @@ export class FakeChannel implements ReplicaChannel {
       // Durable: the replica writes its meta before answering.
       this.copy.epoch = epoch;
       this.copy.openedBy = this.copy.incarnation;
+      this.session = ++this.copy.session;
       return { restarted };
     }, true);
   }
@@ -122,7 +146,7 @@ export class FakeChannel implements ReplicaChannel {
 
   write(id: string, epoch: number, offset: number, data: Uint8Array, opts?: { fua?: boolean }): Promise<void> {
     const copyOfData = Buffer.from(data);
-    return this.request('WRITE', id, epoch, () => this.copy.apply(offset, copyOfData, copyOfData.length, opts?.fua === true));
+    return this.request('WRITE', id, epoch, () => this.change('WRITE', id, () => this.copy.apply(offset, copyOfData, copyOfData.length, opts?.fua === true)));
   }
 
   flush(id: string, epoch: number): Promise<void> {
@@ -130,11 +154,11 @@ export class FakeChannel implements ReplicaChannel {
   }
 
   trim(id: string, epoch: number, offset: number, length: number, opts?: { fua?: boolean }): Promise<void> {
-    return this.request('TRIM', id, epoch, () => this.copy.apply(offset, undefined, length, opts?.fua === true));
+    return this.request('TRIM', id, epoch, () => this.change('TRIM', id, () => this.copy.apply(offset, undefined, length, opts?.fua === true)));
   }
 
   writeZeroes(id: string, epoch: number, offset: number, length: number, opts?: { fua?: boolean }): Promise<void> {
-    return this.request('WRITE_ZEROES', id, epoch, () => this.copy.apply(offset, undefined, length, opts?.fua === true));
+    return this.request('WRITE_ZEROES', id, epoch, () => this.change('WRITE_ZEROES', id, () => this.copy.apply(offset, undefined, length, opts?.fua === true)));
   }
 
   allocMap(id: string, epoch: number, offset: number, length: number): Promise<Array<{ offset: number; length: number }>> {
@@ -146,27 +170,52 @@ export class FakeChannel implements ReplicaChannel {
     return Promise.resolve();
   }
 
+  /** A change of data: refused if another connection opened the copy since this one did. */
+  private change(op: string, id: string, apply: () => void): void {
+    if (SESSION_FENCE && this.session !== undefined && this.session !== this.copy.session) {
+      throw new ReplicaRequestError('ENOTCONN', 0, this.copy.epoch, op, id, 'this connection was superseded by a newer OPEN');
+    }
+    apply();
+  }
+
   /** A request: travels, is applied if the copy is reachable and the epoch fits, and the answer travels back. */
   private request<T>(op: string, id: string, epoch: number, apply: () => T, isOpen = false): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(new ReplicaConnectionError('ECONNABORTED', `${op} ${id}: connection closed`));
-      if (this.link.cut) return; // lost: only the caller's timeout ends it
-      this.lastArrival = Math.max(this.lastArrival, this.clock.now() + this.rng.int(0, 3));
-      this.clock.setTimer(this.lastArrival - this.clock.now(), () => {
-        if (this.link.cut) return;
-        if (!this.copy.up || this.copy.incarnation !== this.incarnation) {
-          return reject(new ReplicaConnectionError('ECONNRESET', `${op} ${id}: connection broken`));
-        }
-        let result: T;
-        try {
-          if (!isOpen && epoch < this.copy.epoch) throw this.stale(op, id, epoch);
-          if (!isOpen && epoch > this.copy.epoch) throw new ReplicaRequestError('ENOTCONN', 0, this.copy.epoch, op, id, 'open it at that epoch first');
-          result = apply();
-        } catch (err) {
-          return this.answer(() => reject(err), reject);
-        }
-        this.answer(() => resolve(result), reject);
+      const travel = (): void => this.travel(op, id, epoch, apply, isOpen, resolve, reject);
+      // Cut: held in the send buffer (even if the caller gives up and closes), retransmitted after the heal.
+      if (this.link.cut || this.held.length > 0) return this.hold(travel);
+      travel();
+    });
+  }
+
+  private hold(travel: () => void): void {
+    if (this.held.length === 0) {
+      this.link.held.push(() => {
+        // Retransmission backoff: this connection's requests arrive a while after the heal, in order.
+        this.lastArrival = Math.max(this.lastArrival, this.clock.now() + this.rng.int(0, 2000));
+        for (const t of this.held.splice(0)) t();
       });
+    }
+    this.held.push(travel);
+  }
+
+  private travel<T>(op: string, id: string, epoch: number, apply: () => T, isOpen: boolean, resolve: (v: T) => void, reject: (err: unknown) => void): void {
+    this.lastArrival = Math.max(this.lastArrival, this.clock.now() + this.rng.int(0, 3));
+    this.clock.setTimer(this.lastArrival - this.clock.now(), () => {
+      if (this.link.cut) return this.hold(() => this.travel(op, id, epoch, apply, isOpen, resolve, reject)); // cut on the way
+      if (!this.copy.up || this.copy.incarnation !== this.incarnation) {
+        return reject(new ReplicaConnectionError('ECONNRESET', `${op} ${id}: connection broken`));
+      }
+      let result: T;
+      try {
+        if (!isOpen && epoch < this.copy.epoch) throw this.stale(op, id, epoch);
+        if (!isOpen && epoch > this.copy.epoch) throw new ReplicaRequestError('ENOTCONN', 0, this.copy.epoch, op, id, 'open it at that epoch first');
+        result = apply();
+      } catch (err) {
+        return this.answer(() => reject(err), reject);
+      }
+      this.answer(() => resolve(result), reject);
     });
   }
 

@@ -15,7 +15,7 @@ import { VolumeEngine, type EngineJournal, type EngineReplica, type ReplicaChann
 import { FencedError } from '../../src/util/errors';
 import pino from 'pino';
 import { silentLogger, type Logger } from '../../src/util/log';
-import { FakeChannel, FakeCopy, type LinkState } from './fake-copy';
+import { FakeChannel, FakeCopy, healLink, newLink, type LinkState } from './fake-copy';
 import { Rng, SimClock } from './sim-clock';
 
 const BLOCK = 4096;
@@ -142,7 +142,7 @@ export class World {
   private link(owner: string, copy: string): LinkState {
     const key = `${owner}->${copy}`;
     let l = this.links.get(key);
-    if (!l) this.links.set(key, (l = { cut: false }));
+    if (!l) this.links.set(key, (l = newLink()));
     return l;
   }
 
@@ -491,7 +491,7 @@ export class World {
         const l = this.link(o.node, this.rng.pick(copyIds));
         l.cut = true;
         this.log(`link ${o.node} -> copy cut`);
-        this.clock.setTimer(this.rng.int(100, 3000), () => (l.cut = false));
+        this.clock.setTimer(this.rng.int(100, 3000), () => healLink(l));
         return;
       }
       case 3: {
@@ -569,7 +569,7 @@ export class World {
   private async finish(): Promise<void> {
     this.workloadOn = false;
     this.etcdCut.clear();
-    for (const l of this.links.values()) l.cut = false;
+    for (const l of this.links.values()) healLink(l);
     for (const c of this.copies.values()) if (!c.up) c.restart();
     this.owner?.resume();
     // A check may find a copy that failed unnoticed (and retire it): repair and check again.
