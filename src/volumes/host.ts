@@ -226,12 +226,18 @@ export class VolumeHost {
     }
   }
 
+  /** Clear this node's ownership of the volume (only at `epoch`, if given); a record owned by another node is left as it is. */
+  private giveBack(name: string, epoch?: number): Promise<VolumeRecord> {
+    const self = this.opts.self().id;
+    return updateVolume(this.opts.etcd, name, (cur) => (cur.owner === self && (epoch === undefined || cur.epoch === epoch) ? { ...cur, owner: null, attachment: null } : undefined));
+  }
+
   /** Give back a volume this node held only to repair it. */
   private async releaseRepair(name: string, a: Attached): Promise<void> {
     if (this.attached.get(name) !== a) return;
     const self = this.opts.self();
     await this.stopLocal(name, a);
-    const vol = await updateVolume(this.opts.etcd, name, (cur) => (cur.owner === self.id && cur.epoch === a.epoch ? { ...cur, owner: null, attachment: null } : undefined));
+    const vol = await this.giveBack(name, a.epoch);
     this.opts.logger.info({ volume: name }, 'repair done; the volume is free again');
     await this.opts.events.write({ level: 'info', component: 'DFS', message: `${volumeLabel(vol)} repair on node ${self.id} ended, copies in sync ${vol.replicas.filter((r) => r.state === 'in-sync').length}/${vol.level}`, code: EventCode.repairEnded });
   }
@@ -418,7 +424,7 @@ export class VolumeHost {
       await this.startEngine(next, socketPath, repair, leaseGeneration);
     } catch (err) {
       // Give the volume back; the epoch stays bumped, which is harmless.
-      await updateVolume(etcd, name, (cur) => (cur.owner === self.id && cur.epoch === epoch ? { ...cur, owner: null, attachment: null } : undefined)).catch(() => undefined);
+      await this.giveBack(name, epoch).catch(() => undefined);
       throw new UserError(`could not attach ${name}: ${errorMessage(err)}`, 'EIO', 500);
     }
     return next;
@@ -533,7 +539,7 @@ export class VolumeHost {
     // A repair given up on request: an attach elsewhere wants the volume, so do not take it back at once.
     if (vol.attachment?.repair) this.repairHoldoff.set(name, Date.now() + REPAIR_HOLDOFF_MS);
     await this.stopLocal(name);
-    return updateVolume(this.opts.etcd, name, (cur) => (cur.owner === self.id ? { ...cur, owner: null, attachment: null } : undefined));
+    return this.giveBack(name);
   }
 
   /**
@@ -564,7 +570,7 @@ export class VolumeHost {
       const repair = vol.attachment?.repair === true;
       // A repair resumes only if the volume is free: give it back, the next pass takes it again if still needed.
       const resume = repair
-        ? updateVolume(this.opts.etcd, vol.name, (cur) => (cur.owner === self.id && cur.epoch === vol.epoch ? { ...cur, owner: null, attachment: null } : undefined)).then(() => undefined)
+        ? this.giveBack(vol.name, vol.epoch).then(() => undefined)
         : this.attach(vol.name).then(() => undefined);
       await resume.catch((err: unknown) => this.opts.logger.error({ volume: vol.name, err: errorMessage(err) }, 'could not re-attach an owned volume'));
     }
