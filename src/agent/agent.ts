@@ -63,7 +63,7 @@ export class Agent {
     const replicaServer = new ReplicaServer({ host: cfg.ip, port: cfg.replicaPort, secret, stores: this.stores, logger: this.logger.child({ component: 'replica' }) });
     this.replicaServer = replicaServer;
     await replicaServer.listen();
-    const links = { secret, connectTimeoutMs: 3000 };
+    const links = { secret, connectTimeoutMs: 3000, localAddress: cfg.ip };
 
     const identity = async (): Promise<NodeIdentity> => ({
       id: this.nodeId,

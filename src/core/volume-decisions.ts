@@ -163,28 +163,27 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
       const waiting = v.replicas.filter((r) => !isHealthy(r, nodes) && !expired.includes(r) && (r.state === 'stale' || downSince(r) !== undefined)).length;
       const needed = v.level - healthy.length - waiting;
       if (needed <= 0) continue;
-      const kept = v.replicas.filter((r) => !expired.includes(r));
+      // The expired stale copies stay recorded until their replacements are
+      // whole (rule 3 drops them then): should the owner fail meanwhile, a
+      // nearly whole stale copy may be all there is to fall back on.
       const placed = placeReplicas(input.nodes, current, {
         sizeBytes: v.sizeBytes,
         driveType: v.driveType,
         count: needed,
-        excludeNodes: new Set(kept.map((r) => r.nodeId)),
+        excludeNodes: new Set(v.replicas.map((r) => r.nodeId)),
         preferNode: v.owner,
       });
       if (!placed.ok) continue; // nowhere to put it now; decided again on the next change
-      const hasLocal = kept.some((r) => r.nodeId === v.owner && r.state === 'in-sync');
+      const hasLocal = v.replicas.some((r) => r.nodeId === v.owner && r.state === 'in-sync');
       const added: ReplicaRecord[] = placed.replicas.map((p) => ({
         id: input.newReplicaId(v), nodeId: p.nodeId, driveId: p.driveId, state: 'rebuilding', createdAt: now,
         // A copy placed next to an owner that had none is also a locality rebuild.
         ...(p.nodeId === v.owner && !hasLocal ? { locality: true } : {}),
       }));
-      const after: VolumeRecord = { ...v, replicas: [...kept, ...added] };
+      const after: VolumeRecord = { ...v, replicas: [...v.replicas, ...added] };
       changes.push({
         kind: 'replace', volume: v.name, before: v, after,
-        events: [
-          ...added.map((r) => ({ level: 'info' as const, component: 'DFS', message: `${label(v)} created on node ${r.nodeId}`, code: EventCode.volumeCreatedOnNode })),
-          ...expired.map((r) => ({ level: 'info' as const, component: 'DFS', message: `${label(v)} removed on node ${r.nodeId}`, code: EventCode.volumeRemovedOnNode })),
-        ],
+        events: added.map((r) => ({ level: 'info' as const, component: 'DFS', message: `${label(v)} created on node ${r.nodeId}`, code: EventCode.volumeCreatedOnNode })),
       });
       current[i] = after;
       continue;

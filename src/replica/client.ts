@@ -32,6 +32,12 @@ export interface ReplicaClientOptions {
   timeoutMs?: number;
   /** Outstanding request + reply bytes before calls queue inside the client. Default 64 MiB. */
   maxInFlightBytes?: number;
+  /**
+   * The node's own address to send from. Without it the kernel picks one (on
+   * loopback always 127.0.0.1), and a cut between two nodes' addresses would
+   * not touch their replica traffic.
+   */
+  localAddress?: string;
 }
 
 export { ReplicaRequestError, ReplicaConnectionError };
@@ -76,7 +82,7 @@ export class ReplicaClient extends ReplicaOps {
   /** Connects and authenticates; rejects on timeout, refusal or wrong secret. */
   static async connect(opts: ReplicaClientOptions): Promise<ReplicaClient> {
     checkSecret(opts.secret);
-    const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true });
+    const socket = net.connect({ host: opts.host, port: opts.port, noDelay: true, ...(opts.localAddress ? { localAddress: opts.localAddress } : {}) });
     try {
       const leftover = await handshake(socket, opts.secret, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
       return new ReplicaClient(socket, opts, leftover);

@@ -7,10 +7,12 @@ import type { ReplicaChannel } from '../engine/engine';
 export interface ReplicaLinkOptions {
   secret: Buffer;
   connectTimeoutMs: number;
+  /** This node's address: replica traffic is sent from it (see ReplicaClientOptions.localAddress). */
+  localAddress?: string;
 }
 
 export function connectReplica(node: Pick<NodeRecord, 'ip' | 'replicaPort'>, opts: ReplicaLinkOptions): Promise<ReplicaClient> {
-  return ReplicaClient.connect({ host: node.ip, port: node.replicaPort, secret: opts.secret, timeoutMs: opts.connectTimeoutMs });
+  return ReplicaClient.connect({ host: node.ip, port: node.replicaPort, secret: opts.secret, timeoutMs: opts.connectTimeoutMs, localAddress: opts.localAddress });
 }
 
 /** A channel to a copy whose node could not be reached: every call fails, so the engine retires it. */

@@ -58,7 +58,14 @@ test('an attached volume below its level gets a new copy only after the grace pe
   const added = change.after.replicas.find((r) => r.state === 'rebuilding')!;
   assert.equal(added.nodeId, 'c', 'the new copy goes next to the owner');
   assert.equal(added.locality, true);
-  assert.ok(!change.after.replicas.some((r) => r.nodeId === 'b'), 'the expired stale copy is dropped');
+  // Failure 9: the expired stale copy stays until its replacement is whole.
+  assert.ok(change.after.replicas.some((r) => r.nodeId === 'b' && r.state === 'stale'), 'the expired stale copy is kept while its replacement is filled');
+  const later = new Date(down.getTime() + 60_000);
+  assert.deepEqual(decideVolumes(input([change.after], nodes, later)), [], 'nothing more while the replacement is filled');
+  const whole = { ...change.after, replicas: change.after.replicas.map((r) => (r.state === 'rebuilding' ? { ...r, state: 'in-sync' as const } : r)) };
+  const [drop] = decideVolumes(input([whole], nodes, later));
+  assert.equal(drop.kind, 'drop-stale', 'dropped once the replacement is whole');
+  assert.deepEqual(drop.after.replicas.map((r) => r.nodeId).sort(), ['a', 'c']);
 });
 
 test('a copy on a node just seen down waits for the grace period even before the owner records it stale', () => {
@@ -68,7 +75,7 @@ test('a copy on a node just seen down waits for the grace period even before the
   assert.deepEqual(decideVolumes(input([v], nodes, new Date(down.getTime() + 10))), [], 'no replacement within the grace period');
   const [change] = decideVolumes(input([{ ...v, replicas: v.replicas.map((r) => (r.nodeId === 'b' ? { ...r, state: 'stale' } : r)) }], nodes, new Date(down.getTime() + 31_000)));
   assert.equal(change.kind, 'replace', 'replaced once it is stale and the grace period is over');
-  assert.deepEqual(change.after.replicas.map((r) => r.nodeId).sort(), ['a', 'c', 'd']);
+  assert.deepEqual(change.after.replicas.map((r) => `${r.nodeId}:${r.state}`).sort(), ['a:in-sync', 'b:stale', 'c:in-sync', 'd:rebuilding']);
 });
 
 test('a whole attached volume without a local copy gets one, then a remote one is retired', () => {
