@@ -67,6 +67,17 @@ export function markDownStale(
   return replicas.map((r) => (r.state !== 'stale' && down(r.nodeId) ? { ...r, state: 'stale', staleSince: now, fullResync: needsFullCopy(r) || r.fullResync } : r));
 }
 
+/**
+ * The copies once their owner's node is gone (released by the controller, or
+ * taken over by an attach that came first): copies on down nodes go stale by
+ * markDownStale's rule. The dead owner's own copy may hold writes no other copy
+ * got (sent to it, never acknowledged), and a half-rebuilt copy is not whole,
+ * so only a full copy may make either whole again.
+ */
+export function copiesAfterOwnerLoss(replicas: readonly ReplicaRecord[], owner: string, down: (nodeId: string) => boolean, now: string): ReplicaRecord[] {
+  return markDownStale(replicas, (id) => id === owner || down(id), now, (r) => r.nodeId === owner || r.state === 'rebuilding');
+}
+
 export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
   const nodes = new Map(input.nodes.map((n) => [n.id, n]));
   const changes: VolumeChange[] = [];
@@ -80,9 +91,7 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
     if (v.phase !== 'ready') continue;
 
     // 1. The owner's node died: release the volume at a new epoch so any node can
-    //    attach it at once; copies on dead nodes go stale. The dead owner's own copy
-    //    may hold writes that were never acknowledged, so only a full copy may
-    //    make it whole again.
+    //    attach it at once; copies on dead nodes go stale (copiesAfterOwnerLoss).
     if (v.owner && down(v.owner)) {
       const owner = v.owner;
       const after: VolumeRecord = {
@@ -90,7 +99,7 @@ export function decideVolumes(input: VolumeDecisionInput): VolumeChange[] {
         owner: null,
         attachment: null,
         epoch: v.epoch + 1,
-        replicas: markDownStale(v.replicas, down, now, (r) => r.nodeId === owner || r.state === 'rebuilding'),
+        replicas: copiesAfterOwnerLoss(v.replicas, owner, down, now),
       };
       changes.push({
         kind: 'failover', volume: v.name, before: v, after,

@@ -23,6 +23,7 @@ import type { Logger } from '../util/log';
 import { connectReplica, unreachableChannel, type ReplicaLinkOptions } from './replica-links';
 import { volumeLabel } from './lifecycle';
 import { decideRepairs, repairOwnerFor } from '../core/repair-policy';
+import { copiesAfterOwnerLoss } from '../core/volume-decisions';
 import type { LeaseWindow } from '../core/lease-window';
 
 export interface HostOptions {
@@ -383,6 +384,7 @@ export class VolumeHost {
     // Ownership moves only if the volume is free, already ours, or its owner's
     // lease is gone; the transaction re-checks both, so a racing attach loses.
     const compares: Array<[string, 'Mod' | 'Create', '==', string | number]> = [[keys.volume(name), 'Mod', '==', current.modRevision]];
+    let replicas = vol.replicas;
     if (vol.owner && vol.owner !== self.id) {
       const ownerAlive = await etcd.get(keys.alive(vol.owner)).string();
       if (ownerAlive) {
@@ -396,6 +398,9 @@ export class VolumeHost {
         throw new ConflictError(`volume ${name} is attached on node ${owner?.name ?? vol.owner}; detach it there first`);
       }
       compares.push([keys.alive(vol.owner), 'Create', '==', 0]);
+      // Taken from a dead owner before the controller released it: its copies
+      // are marked as the release would have (failure 7 of the data-safety issue).
+      replicas = copiesAfterOwnerLoss(vol.replicas, vol.owner, () => false, new Date().toISOString());
     }
     const leaseGeneration = this.opts.lease.generation; // before the transaction: a lease lost from here on stops I/O
     const socketPath = path.join(this.opts.socketDir, `${vol.uuid}.sock`);
@@ -403,6 +408,7 @@ export class VolumeHost {
     const since = new Date().toISOString();
     const next: VolumeRecord = {
       ...vol,
+      replicas,
       owner: self.id,
       epoch,
       attachment: repair ? { nodeId: self.id, uri: '', since, repair: true } : { nodeId: self.id, uri: nbdUri(name, socketPath), since },

@@ -23,11 +23,10 @@
 // acknowledged write must read back and every in-sync copy be identical.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { open } from 'node:fs/promises';
 import { eventually, LocalCluster } from '../helpers/local-cluster';
 import { NetCut } from '../helpers/netcut';
 import { ETCD_NODE_PORT_BASE } from '../../src/cluster/launcher';
-import { attachAndConnect, cliOk, replicaFile, volumeInfo } from '../helpers/volumes';
+import { attachAndConnect, cliOk, readFileRange, replicaFile, volumeInfo } from '../helpers/volumes';
 import { sha256File } from '../helpers/tools';
 
 const IP_PREFIX = '127.0.31.';
@@ -38,17 +37,6 @@ interface NodeRow {
   id: string;
   name: string;
   ip: string;
-}
-
-async function readRange(file: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(file, 'r');
-  try {
-    const buf = Buffer.alloc(length);
-    await fh.read(buf, 0, length, offset);
-    return buf;
-  } finally {
-    await fh.close();
-  }
 }
 
 describe('the owner dies with changes not settled on every copy', () => {
@@ -90,8 +78,8 @@ describe('the owner dies with changes not settled on every copy', () => {
       () => (acked = true),
       () => undefined,
     );
-    await eventually('the write on the copy on v2', async () => (await readRange(replicaFile(cluster, copyOn('v2')), 8 * MiB, MiB)).equals(Buffer.alloc(MiB, 0xbb)));
-    assert.ok((await readRange(replicaFile(cluster, copyOn('v3')), 8 * MiB, MiB)).equals(Buffer.alloc(MiB, 0x11)), 'the cut held the write back from v3');
+    await eventually('the write on the copy on v2', async () => (await readFileRange(replicaFile(cluster, copyOn('v2')), 8 * MiB, MiB)).equals(Buffer.alloc(MiB, 0xbb)));
+    assert.ok((await readFileRange(replicaFile(cluster, copyOn('v3')), 8 * MiB, MiB)).equals(Buffer.alloc(MiB, 0x11)), 'the cut held the write back from v3');
     await cluster.nodeAction('kill', 'v1');
     first.client.close();
     await torn;
@@ -146,7 +134,7 @@ describe('the owner dies with changes not settled on every copy', () => {
     // takes it over and writes where the old owner never did. v2 stores the
     // stale copy's map with that region before acknowledging it.
     await eventually('journal released from the cut-off owner', async () => (await volumeInfo(cluster, 'journal')).owner === null, 60_000);
-    const second = await attachAndConnect(cluster, 'journal', 'v2');
+    const second = await attachAndConnect(cluster, 'journal', 'v2', true);
     await second.client.write(12 * MiB, Buffer.alloc(64 * 1024, 0x26));
     await second.client.flush();
 

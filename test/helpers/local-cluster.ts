@@ -3,10 +3,11 @@
 // Teardown stops every process by the PIDs the launcher recorded, also when
 // the test failed.
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Etcd3 } from 'etcd3';
+import YAML from 'yaml';
 import { etcdClientFor } from '../../src/cluster/launcher';
 import { isOurProcess, stopDaemon } from '../../src/cluster/processes';
 import { readState, type LocalClusterState } from '../../src/cluster/state';
@@ -69,6 +70,22 @@ export class LocalCluster {
 
   cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
     return runNode(CLI_MAIN, args, { CIO_HOME: this.home, ...env });
+  }
+
+  /**
+   * Run the CLI as an operator on one node would: its client config lists
+   * only that node's agent, so no request waits on agents that are paused or
+   * cut off.
+   */
+  async cliOn(node: string, args: string[]): Promise<CliResult> {
+    const target = (await this.state()).nodes.find((n) => n.name === node);
+    if (!target) throw new Error(`no node ${node} in the test cluster`);
+    const config = YAML.parse(await readFile(path.join(this.home, 'config.yaml'), 'utf8')) as { endpoints: string[] };
+    config.endpoints = config.endpoints.filter((e) => new URL(e).hostname === target.ip);
+    const home = path.join(this.home, `on-${node}`);
+    await mkdir(home, { recursive: true });
+    await writeFile(path.join(home, 'config.yaml'), YAML.stringify(config));
+    return runNode(CLI_MAIN, args, { CIO_HOME: home });
   }
 
   /** Run a `cio cluster <action> <node>` against this cluster. */

@@ -8,8 +8,9 @@ import { SimpleNbdClient } from '../../src/nbd/client';
 
 export type VolumeInfo = Omit<VolumeRecord, 'replicas'> & { ownerName: string | null; replicas: Array<VolumeRecord['replicas'][number] & { nodeName: string; allocatedBytes: number | null }> };
 
-export async function cliOk(cluster: LocalCluster, args: string[]): Promise<string> {
-  const res = await cluster.cli(args);
+/** Run the CLI and return its output, or throw with its error; `onNode`: as on that node (LocalCluster.cliOn). */
+export async function cliOk(cluster: LocalCluster, args: string[], onNode?: string): Promise<string> {
+  const res = onNode ? await cluster.cliOn(onNode, args) : await cluster.cli(args);
   if (res.code !== 0) throw new Error(`cio ${args.join(' ')} failed: ${res.stderr.trim()}`);
   return res.stdout;
 }
@@ -24,8 +25,9 @@ export function socketOf(uri: string): string {
   return m[1];
 }
 
-export async function attachAndConnect(cluster: LocalCluster, name: string, node: string): Promise<{ record: VolumeRecord; client: SimpleNbdClient }> {
-  const record = JSON.parse(await cliOk(cluster, ['volume', 'attach', name, '--node', node, '--json'])) as VolumeRecord;
+/** Attach on `node` and connect to its export; `onNode`: run the CLI there (see LocalCluster.cliOn). */
+export async function attachAndConnect(cluster: LocalCluster, name: string, node: string, onNode = false): Promise<{ record: VolumeRecord; client: SimpleNbdClient }> {
+  const record = JSON.parse(await cliOk(cluster, ['volume', 'attach', name, '--node', node, '--json'], onNode ? node : undefined)) as VolumeRecord;
   const client = await SimpleNbdClient.connect(socketOf(record.attachment!.uri), name);
   return { record, client };
 }
@@ -53,6 +55,18 @@ export function replicaFile(cluster: LocalCluster, replicaId: string): string {
     }
   }
   throw new Error(`no image file for copy ${replicaId}`);
+}
+
+/** `length` bytes of a file at `offset` (e.g. of a copy's image, to see what reached it). */
+export async function readFileRange(file: string, offset: number, length: number): Promise<Buffer> {
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.alloc(length);
+    await fh.read(buf, 0, length, offset);
+    return buf;
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Whether a file contains the byte string `needle` anywhere. */

@@ -9,7 +9,7 @@
 // returns an acknowledged write (or one that may legitimately be there).
 import { DirtyMap, type DirtyMapJson } from '../../src/core/dirty-map';
 import { decideRepairs, type RepairCopy } from '../../src/core/repair-policy';
-import { markDownStale } from '../../src/core/volume-decisions';
+import { copiesAfterOwnerLoss } from '../../src/core/volume-decisions';
 import type { ReplicaRecord } from '../../src/core/types';
 import { VolumeEngine, type EngineJournal, type EngineReplica, type ReplicaChannel } from '../../src/engine/engine';
 import { FencedError } from '../../src/util/errors';
@@ -190,9 +190,15 @@ export class World {
     return gated;
   }
 
-  /** Attach on `node`: the epoch is bumped in one guarded step, then the engine opens every copy. */
-  private async takeOver(node: string): Promise<void> {
-    if (this.store.owner !== null) return;
+  /**
+   * Attach on `node`: the epoch is bumped in one guarded step, then the engine
+   * opens every copy. `deadOwner`: taken from that owner, whose lease is gone,
+   * before the controller released it; the attach marks its copies as the
+   * release would (src/volumes/host.ts).
+   */
+  private async takeOver(node: string, deadOwner?: string): Promise<void> {
+    if (this.store.owner !== null && this.store.owner !== deadOwner) return;
+    if (deadOwner !== undefined && this.store.owner === deadOwner) this.store.replicas = copiesAfterOwnerLoss(this.store.replicas, deadOwner, () => false, '');
     this.store.owner = node;
     this.store.epoch++;
     const o = new Owner(node, this.store.epoch);
@@ -259,7 +265,7 @@ export class World {
     this.store.owner = null;
     this.store.epoch++;
     // The controller's own rule (src/core/volume-decisions.ts).
-    this.store.replicas = markDownStale(this.store.replicas, (n) => !this.nodeUp(n), '', (r) => r.nodeId === owner || r.state === 'rebuilding');
+    this.store.replicas = copiesAfterOwnerLoss(this.store.replicas, owner, (n) => !this.nodeUp(n), '');
     this.log(`released at epoch ${this.store.epoch}`);
   }
 
@@ -517,11 +523,13 @@ export class World {
         }
         this.log(`owner ${o.node}@${o.epoch} ${paused ? 'paused' : 'lost power'}`);
         this.clock.setTimer(LEASE_MS, () => {
-          this.release();
+          // Usually the controller releases the volume first; sometimes an attach elsewhere comes first.
+          const attachFirst = this.rng.chance(0.25);
+          if (!attachFirst) this.release();
           this.ownerChangeSeq = ++this.seq;
           const next = this.rng.pick(NODES.filter((n) => n !== o.node && this.nodeUp(n)));
           this.takingOver = true;
-          void this.takeOver(next).finally(() => (this.takingOver = false));
+          void this.takeOver(next, attachFirst ? o.node : undefined).finally(() => (this.takingOver = false));
         });
         if (paused) this.clock.setTimer(LEASE_MS + this.rng.int(50, 3000), () => o.resume());
         return;
