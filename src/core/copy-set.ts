@@ -216,8 +216,19 @@ export class CopySet {
     this.flushes.get(ticket.seq)?.delete(id);
   }
 
+  /**
+   * The FLUSH is over. A target it did not complete on that still gets changes
+   * (the last in-sync copy is kept through a failure) has those regions
+   * unflushed still: a later power loss there may take them.
+   */
   endFlush(ticket: FlushTicket): void {
-    invariant(this.flushes.delete(ticket.seq), `flush ${ticket.seq} ended twice`);
+    const covered = this.flushes.get(ticket.seq);
+    invariant(covered, `flush ${ticket.seq} ended twice`);
+    this.flushes.delete(ticket.seq);
+    for (const [id, regions] of covered) {
+      const c = this.copies.get(id);
+      if (c && (c.phase === 'in-sync' || c.phase === 'rebuilding')) c.unflushed.union(regions);
+    }
   }
 
   // ---- failures

@@ -171,3 +171,24 @@ test('when the only whole copy restarted, every other copy may differ from it wh
   assert.deepEqual(set.missedMaps().get('b')!.ranges(), [{ offset: 4 * MiB, length: 4 * MiB }]);
   assert.equal(set.missedMaps().has('a'), false, 'the whole copy has no missed map');
 });
+
+test('a flush that did not complete on the kept in-sync copy leaves its regions unflushed there (seed 112)', () => {
+  const set = new CopySet(SIZE, [
+    { id: 'a', nodeId: 'n1', local: false, phase: 'in-sync' },
+    { id: 'b', nodeId: 'n2', local: false, phase: 'in-sync' },
+  ]);
+  const zeroes = set.beginChange(MiB, 4096);
+  for (const id of ['a', 'b']) set.changeApplied(zeroes, id);
+  set.endChange(zeroes);
+  // The flush completes on neither copy; both fail and a is kept in-sync:
+  // its page cache holds the change, its disk may not.
+  const flush = set.beginFlush();
+  assert.equal(set.fail(['a', 'b']).keptInSync, 'a');
+  set.endFlush(flush);
+  // b is made whole again; then a loses power, taking the change with it.
+  set.recordedStale(['b']);
+  set.startRebuild('b', true);
+  set.rebuilt('b');
+  set.fail(['a']);
+  assert.deepEqual(set.missedMaps().get('a')!.ranges(), [{ offset: MiB, length: 64 * 1024 }], 'the change the failed flush covered is missed by a');
+});
